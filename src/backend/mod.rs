@@ -1,0 +1,193 @@
+//! The storage and pub/sub seam: Redis for production and clusters, an in-process broker
+//! for the single-process mode and fast tests.
+//!
+//! The seam is a small subset of Redis itself (strings with a TTL, hashes, pub/sub and
+//! FreeIM's three Lua scripts) rather than FreeIM-level operations. Keys and payloads are
+//! built once, in [`crate::protocol`] and [`crate::client`], so both backends store the very
+//! same bytes under the very same names, and the behaviour suite runs unchanged on both.
+//!
+//! Write-only commands whose replies FreeIM ignores are sent as a batch of [`Op`]s, which the
+//! Redis backend pipelines (one round trip) and the memory backend applies in order.
+
+pub mod memory;
+pub mod redis;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch};
+
+pub use self::memory::MemoryBackend;
+pub use self::redis::RedisBackend;
+
+/// How many pub/sub messages may wait between a backend's subscription and its consumer.
+/// When full, the backend stops reading (Redis then buffers on its side); nothing is dropped.
+pub const SUBSCRIPTION_QUEUE: usize = 8192;
+
+/// A backend failure. Callers decide whether to retry; the gateway logs and goes on.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// Redis refused a command or the connection failed (it reconnects by itself).
+    #[error("redis: {0}")]
+    Redis(#[from] ::redis::RedisError),
+    /// A hash field that should hold an integer holds something else (Redis says the same).
+    #[error("hash {key} field {field} is not an integer")]
+    NotAnInteger {
+        /// The hash key.
+        key: String,
+        /// The field.
+        field: String,
+    },
+}
+
+/// FreeIM's server-side Lua scripts, in the exact text the reference sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Script {
+    /// KEYS: `{P}Chan{chan}`, `{P}Client{id}`, `{P}ListChan`; ARGV: id, chan.
+    /// Adds the membership once and counts it in the channel list.
+    JoinChan,
+    /// Same KEYS/ARGV as [`Script::JoinChan`]; removes the membership and decrements the
+    /// count, deleting the list entry when it reaches zero.
+    LeaveChan,
+    /// KEYS: `{P}Online`; ARGV: id. Decrements the socket count, deleting it at zero, and
+    /// returns the new count. The reference interpolates the id into the script text and
+    /// returns 1; we pass the id as ARGV (same effect on Redis, one cached script instead of
+    /// one per client id) and return the count so the gateway knows a client's last socket
+    /// is gone.
+    OnlineDecr,
+}
+
+impl Script {
+    /// The Lua source.
+    pub fn lua(self) -> &'static str {
+        match self {
+            Script::JoinChan => {
+                "if redis.call('HSETNX',KEYS[1],ARGV[1],0)==1 then redis.call('HSET',KEYS[2],ARGV[2],0) redis.call('HINCRBY',KEYS[3],ARGV[2],1) end return 1"
+            }
+            Script::LeaveChan => {
+                "if redis.call('HDEL',KEYS[1],ARGV[1])==1 then redis.call('HDEL',KEYS[2],ARGV[2]) if redis.call('HINCRBY',KEYS[3],ARGV[2],-1)<=0 then redis.call('HDEL',KEYS[3],ARGV[2]) end end return 1"
+            }
+            Script::OnlineDecr => {
+                "local n = redis.call('HINCRBY', KEYS[1], ARGV[1], -1) if n <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end return n"
+            }
+        }
+    }
+}
+
+/// A write whose reply is not needed; batches of them are pipelined.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// `PUBLISH channel payload`
+    Publish {
+        /// The pub/sub channel.
+        channel: String,
+        /// The message.
+        payload: Bytes,
+    },
+    /// `HINCRBY key field by`
+    HIncrBy {
+        /// The hash key.
+        key: String,
+        /// The field.
+        field: String,
+        /// The increment.
+        by: i64,
+    },
+    /// `HDEL key field…`
+    HDel {
+        /// The hash key.
+        key: String,
+        /// The fields to delete.
+        fields: Vec<String>,
+    },
+    /// `EVAL script keys… args…`
+    Eval {
+        /// Which script.
+        script: Script,
+        /// Its KEYS.
+        keys: Vec<String>,
+        /// Its ARGV.
+        args: Vec<String>,
+    },
+}
+
+/// One message received on a subscribed channel.
+#[derive(Debug, Clone)]
+pub struct PubSubMessage {
+    /// The channel it was published to.
+    pub channel: String,
+    /// The payload, byte for byte.
+    pub payload: Bytes,
+}
+
+/// A live subscription. Messages arrive on `messages`; `live` is `true` while the backend
+/// is subscribed (Redis: between a successful SUBSCRIBE and the connection's loss). The
+/// subscription resubscribes by itself after a loss and ends when this value is dropped.
+#[derive(Debug)]
+pub struct Subscription {
+    /// Received messages, in publish order.
+    pub messages: mpsc::Receiver<PubSubMessage>,
+    /// Whether the subscription is currently established.
+    pub live: watch::Receiver<bool>,
+}
+
+/// Redis or the in-process broker. Cheap to clone; clones share connections.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// A Redis server (reconnects by itself).
+    Redis(RedisBackend),
+    /// The in-process broker: one process, no Redis.
+    Memory(MemoryBackend),
+}
+
+/// Forwards one call to whichever backend this is.
+macro_rules! delegate {
+    ($self:ident, $b:ident => $call:expr) => {
+        match $self {
+            Backend::Redis($b) => $call,
+            Backend::Memory($b) => $call,
+        }
+    };
+}
+
+impl Backend {
+    /// Runs `ops` in order (pipelined on Redis). Replies are ignored, as FreeIM does.
+    pub async fn execute(&self, ops: Vec<Op>) -> Result<(), BackendError> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        delegate!(self, b => b.execute(ops).await)
+    }
+    /// `EVAL script keys… args…`: the script's integer reply.
+    pub async fn eval(&self, script: Script, keys: Vec<String>, args: Vec<String>) -> Result<i64, BackendError> {
+        delegate!(self, b => b.eval(script, keys, args).await)
+    }
+    /// `SET key value EX ttl_secs`
+    pub async fn set_ex(&self, key: &str, value: &str, ttl_secs: u64) -> Result<(), BackendError> {
+        delegate!(self, b => b.set_ex(key, value, ttl_secs).await)
+    }
+    /// `GET key`, or `GETDEL key` when `delete` is set (single-use tokens).
+    pub async fn get(&self, key: &str, delete: bool) -> Result<Option<String>, BackendError> {
+        delegate!(self, b => b.get(key, delete).await)
+    }
+    /// `HKEYS key` for each key, pipelined.
+    pub async fn hkeys(&self, keys: &[String]) -> Result<Vec<Vec<String>>, BackendError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        delegate!(self, b => b.hkeys(keys).await)
+    }
+    /// `HMGET key field…` (`HGET` for one field).
+    pub async fn hmget(&self, key: &str, fields: &[String]) -> Result<Vec<Option<String>>, BackendError> {
+        if fields.is_empty() {
+            return Ok(Vec::new());
+        }
+        delegate!(self, b => b.hmget(key, fields).await)
+    }
+    /// `HGETALL key`
+    pub async fn hgetall(&self, key: &str) -> Result<Vec<(String, String)>, BackendError> {
+        delegate!(self, b => b.hgetall(key).await)
+    }
+    /// Subscribes to `channels`; see [`Subscription`].
+    pub fn subscribe(&self, channels: Vec<String>) -> Subscription {
+        delegate!(self, b => b.subscribe(channels))
+    }
+}

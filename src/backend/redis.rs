@@ -1,0 +1,163 @@
+//! The Redis backend: one multiplexed, self-reconnecting command connection shared by every
+//! caller, plus one dedicated connection per subscription with its own reconnect loop.
+//!
+//! Commands are exactly those of the reference (`SET … EX`, `GET`, `HKEYS`, `HMGET`,
+//! `HGETALL`, `PUBLISH`, `HINCRBY`, `EVAL`), with `GETDEL` for single-use tokens.
+//! A command issued while Redis is down fails fast with [`BackendError::Redis`]; the
+//! connection manager reconnects in the background so the next command works again.
+
+use super::{BackendError, Op, PubSubMessage, Script, Subscription, SUBSCRIPTION_QUEUE};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// How long one connection attempt to Redis may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a command may wait for its reply before it fails.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// First and longest pause between two subscription reconnect attempts (doubling).
+const RESUBSCRIBE_BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(2));
+
+/// A Redis server, shared by clones.
+#[derive(Clone)]
+pub struct RedisBackend {
+    client: redis::Client,
+    conn: ConnectionManager,
+}
+
+impl std::fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBackend").field("url", &self.client.get_connection_info().addr()).finish()
+    }
+}
+
+impl RedisBackend {
+    /// Opens `url` (`redis://HOST:PORT/DB`) without connecting yet: the first command
+    /// connects, and a Redis that is down at start-up is retried rather than fatal.
+    /// Fails only when the URL itself is invalid.
+    pub fn open(url: &str) -> Result<Self, BackendError> {
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
+        Ok(RedisBackend { client, conn })
+    }
+
+    pub(super) async fn execute(&self, ops: Vec<Op>) -> Result<(), BackendError> {
+        let mut pipe = redis::pipe();
+        for op in ops {
+            match op {
+                Op::Publish { channel, payload } => pipe.cmd("PUBLISH").arg(channel).arg(payload.as_ref()),
+                Op::HIncrBy { key, field, by } => pipe.cmd("HINCRBY").arg(key).arg(field).arg(by),
+                Op::HDel { key, fields } => pipe.cmd("HDEL").arg(key).arg(fields),
+                Op::Eval { script, keys, args } => {
+                    pipe.cmd("EVAL").arg(script.lua()).arg(keys.len()).arg(keys).arg(args)
+                }
+            }
+            .ignore();
+        }
+        Ok(pipe.exec_async(&mut self.conn.clone()).await?)
+    }
+
+    pub(super) async fn eval(&self, script: Script, keys: Vec<String>, args: Vec<String>) -> Result<i64, BackendError> {
+        let cmd = redis::cmd("EVAL").arg(script.lua()).arg(keys.len()).arg(keys).arg(args).clone();
+        Ok(cmd.query_async(&mut self.conn.clone()).await?)
+    }
+
+    pub(super) async fn set_ex(&self, key: &str, value: &str, ttl_secs: u64) -> Result<(), BackendError> {
+        let cmd = redis::cmd("SET").arg(key).arg(value).arg("EX").arg(ttl_secs).clone();
+        Ok(cmd.exec_async(&mut self.conn.clone()).await?)
+    }
+
+    pub(super) async fn get(&self, key: &str, delete: bool) -> Result<Option<String>, BackendError> {
+        let cmd = redis::cmd(if delete { "GETDEL" } else { "GET" }).arg(key).clone();
+        Ok(cmd.query_async(&mut self.conn.clone()).await?)
+    }
+
+    pub(super) async fn hkeys(&self, keys: &[String]) -> Result<Vec<Vec<String>>, BackendError> {
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.cmd("HKEYS").arg(key);
+        }
+        Ok(pipe.query_async(&mut self.conn.clone()).await?)
+    }
+
+    pub(super) async fn hmget(&self, key: &str, fields: &[String]) -> Result<Vec<Option<String>>, BackendError> {
+        // HMGET with one field still answers an array, so one code path serves both.
+        let cmd = redis::cmd("HMGET").arg(key).arg(fields).clone();
+        Ok(cmd.query_async(&mut self.conn.clone()).await?)
+    }
+
+    pub(super) async fn hgetall(&self, key: &str) -> Result<Vec<(String, String)>, BackendError> {
+        let cmd = redis::cmd("HGETALL").arg(key).clone();
+        Ok(cmd.query_async(&mut self.conn.clone()).await?)
+    }
+
+    pub(super) fn subscribe(&self, channels: Vec<String>) -> Subscription {
+        let (tx, messages) = mpsc::channel(SUBSCRIPTION_QUEUE);
+        let (live_tx, live) = watch::channel(false);
+        tokio::spawn(subscription_loop(self.client.clone(), channels, tx, live_tx));
+        Subscription { messages, live }
+    }
+}
+
+/// Keeps one subscription alive: connect, SUBSCRIBE, forward messages; on loss, flag it,
+/// back off and start again. Ends when the [`Subscription`] is dropped.
+async fn subscription_loop(
+    client: redis::Client,
+    channels: Vec<String>,
+    tx: mpsc::Sender<PubSubMessage>,
+    live: watch::Sender<bool>,
+) {
+    let mut backoff = RESUBSCRIBE_BACKOFF.0;
+    while !tx.is_closed() {
+        match subscribe_once(&client, &channels, &tx, &live).await {
+            Ok(()) => backoff = RESUBSCRIBE_BACKOFF.0,
+            Err(e) => tracing::warn!(error = %e, ?channels, "redis subscription failed; retrying"),
+        }
+        live.send_replace(false);
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = tx.closed() => return,
+        }
+        backoff = (backoff * 2).min(RESUBSCRIBE_BACKOFF.1);
+    }
+}
+
+/// One connection's life: returns `Ok` when an established subscription was lost.
+async fn subscribe_once(
+    client: &redis::Client,
+    channels: &[String],
+    tx: &mpsc::Sender<PubSubMessage>,
+    live: &watch::Sender<bool>,
+) -> Result<(), BackendError> {
+    let mut pubsub = tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub())
+        .await
+        .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "connect timed out")))??;
+    pubsub.subscribe(channels).await?;
+    live.send_replace(true);
+    tracing::info!(?channels, "redis subscription established");
+    let mut stream = pubsub.into_on_message();
+    loop {
+        let msg = tokio::select! {
+            msg = stream.next() => msg,
+            _ = tx.closed() => return Ok(()),
+        };
+        let Some(msg) = msg else {
+            tracing::warn!(?channels, "redis subscription lost");
+            return Ok(());
+        };
+        let message = PubSubMessage {
+            channel: msg.get_channel_name().to_owned(),
+            payload: Bytes::copy_from_slice(msg.get_payload_bytes()),
+        };
+        if tx.send(message).await.is_err() {
+            return Ok(());
+        }
+    }
+}

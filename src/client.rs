@@ -1,0 +1,429 @@
+//! [`ImClient`]: the business side of FreeIM (the reference's `ImHelper`) for Rust backends.
+//!
+//! It hands out connect URLs, publishes messages to the node that owns each receiver, and
+//! reads and writes presence and channel membership, with the same Redis commands and Lua
+//! scripts as the reference, so a .NET `ImHelper` and this client can share one Redis.
+//! The gateway uses it too, for receipts and for leaving channels when a client goes away.
+
+use crate::backend::{Backend, Op, RedisBackend, Script, Subscription};
+use crate::error::{Error, Result};
+use crate::protocol::{self, ChanMessage, ClientId, DirectMessage, Keys, NodeCommand, TokenValue};
+use bytes::Bytes;
+use futures_util::Stream;
+use serde::Serialize;
+use std::collections::HashSet;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+/// How many `{P}Online` fields [`ImClient::clear_chan_client`] asks for per `HMGET`.
+const CLEAR_CHAN_BATCH: usize = 1000;
+
+/// Settings of an [`ImClient`]. Build with [`ImClientOptions::new`] and adjust fields.
+#[derive(Debug, Clone)]
+pub struct ImClientOptions {
+    /// Ordered node names (`HOST:PORT`), identical on every node and business app.
+    pub servers: Vec<String>,
+    /// WebSocket path; also names the keys (`/ws` → prefix `im_v2_ws`). Default `/ws`.
+    pub path: String,
+    /// Scheme of connect URLs: `ws` (default) or `wss` behind a TLS proxy.
+    pub scheme: String,
+    /// Host names used in connect URLs instead of the node names, in the same order as
+    /// `servers` (a public name behind a proxy). Empty (default): the node names.
+    pub public_hosts: Vec<String>,
+    /// Lifetime of a token in Redis. Default 10 s, as the reference.
+    pub token_ttl: Duration,
+}
+
+impl ImClientOptions {
+    /// Defaults for the given node list.
+    pub fn new<S: Into<String>>(servers: impl IntoIterator<Item = S>) -> Self {
+        ImClientOptions {
+            servers: servers.into_iter().map(Into::into).collect(),
+            path: "/ws".to_owned(),
+            scheme: "ws".to_owned(),
+            public_hosts: Vec::new(),
+            token_ttl: Duration::from_secs(10),
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |why: String| Err(Error::Options(why));
+        if self.servers.is_empty() {
+            return bad("the server list is empty".into());
+        }
+        if let Some(s) = self.servers.iter().find(|s| s.is_empty() || s.contains(char::is_whitespace)) {
+            return bad(format!("server name {s:?} is empty or has white space"));
+        }
+        if !self.path.starts_with('/') || self.path.contains(['?', '#', ' ']) {
+            return bad(format!("path {:?} must start with '/' and hold no '?', '#' or space", self.path));
+        }
+        if !matches!(self.scheme.as_str(), "ws" | "wss") {
+            return bad(format!("scheme {:?} must be ws or wss", self.scheme));
+        }
+        if !self.public_hosts.is_empty() && self.public_hosts.len() != self.servers.len() {
+            return bad(format!(
+                "{} public hosts for {} servers: give one per server, in the same order",
+                self.public_hosts.len(),
+                self.servers.len()
+            ));
+        }
+        if self.token_ttl < Duration::from_secs(1) {
+            return bad("the token TTL must be at least 1 s".into());
+        }
+        Ok(())
+    }
+}
+
+/// What [`ImClient`] is about to publish to one node; see [`ImClient::on_send`].
+#[derive(Debug, Clone, Copy)]
+pub struct SendEvent<'a> {
+    /// The node the publish goes to.
+    pub server: &'a str,
+    /// The sender (`0`: the system).
+    pub sender: ClientId,
+    /// The receivers on that node (empty for channel and broadcast messages).
+    pub receivers: &'a [ClientId],
+    /// The channel, for channel messages; `None` for direct messages and broadcasts.
+    pub chan: Option<&'a str>,
+    /// The message, serialized to JSON (the frame browsers will get).
+    pub content: &'a str,
+    /// Whether a receipt was asked for.
+    pub receipt: bool,
+}
+
+type OnSend = Arc<dyn Fn(&SendEvent<'_>) + Send + Sync>;
+
+/// A presence event from [`ImClient::event_bus`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PresenceEvent {
+    /// A socket of this client came online (one event per socket).
+    Online(TokenValue),
+    /// A socket of this client went offline.
+    Offline(TokenValue),
+}
+
+/// The business side of FreeIM. Cheap to clone: clones share connections.
+#[derive(Clone)]
+pub struct ImClient {
+    shared: Arc<Shared>,
+    on_send: Option<OnSend>,
+}
+
+struct Shared {
+    backend: Backend,
+    keys: Keys,
+    servers: Vec<String>,
+    /// `{P}Server{server}` per server, in server order.
+    server_channels: Vec<String>,
+    /// `{scheme}://{host}{path}?token=` per server, in server order.
+    connect_bases: Vec<String>,
+    token_ttl_secs: u64,
+}
+
+impl std::fmt::Debug for ImClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImClient")
+            .field("backend", &self.shared.backend)
+            .field("prefix", &self.shared.keys.prefix())
+            .field("servers", &self.shared.servers)
+            .finish()
+    }
+}
+
+impl ImClient {
+    /// A client on the Redis at `redis_url` (`redis://HOST:PORT/DB`). It connects on first
+    /// use and reconnects by itself.
+    pub fn connect(redis_url: &str, options: ImClientOptions) -> Result<Self> {
+        Self::new(Backend::Redis(RedisBackend::open(redis_url)?), options)
+    }
+
+    /// A client on any backend (Redis, or the in-process broker shared with a gateway).
+    pub fn new(backend: Backend, options: ImClientOptions) -> Result<Self> {
+        options.validate()?;
+        let keys = Keys::new(&options.path);
+        let hosts = if options.public_hosts.is_empty() { &options.servers } else { &options.public_hosts };
+        let shared = Shared {
+            server_channels: options.servers.iter().map(|s| keys.server(s)).collect(),
+            connect_bases: hosts.iter().map(|h| format!("{}://{h}{}?token=", options.scheme, options.path)).collect(),
+            backend,
+            keys,
+            servers: options.servers,
+            token_ttl_secs: options.token_ttl.as_secs(),
+        };
+        Ok(ImClient { shared: Arc::new(shared), on_send: None })
+    }
+
+    /// Calls `hook` once per node publish, before it goes out (auditing, metrics).
+    pub fn on_send(mut self, hook: impl Fn(&SendEvent<'_>) + Send + Sync + 'static) -> Self {
+        self.on_send = Some(Arc::new(hook));
+        self
+    }
+
+    /// The key names of this deployment.
+    pub fn keys(&self) -> &Keys {
+        &self.shared.keys
+    }
+    /// The ordered node list.
+    pub fn servers(&self) -> &[String] {
+        &self.shared.servers
+    }
+    /// The backend this client talks to.
+    pub fn backend(&self) -> &Backend {
+        &self.shared.backend
+    }
+    /// The node that owns `client_id` (see [`protocol::node_index`]).
+    pub fn server_of(&self, client_id: ClientId) -> &str {
+        &self.shared.servers[protocol::node_index(client_id, self.shared.servers.len())]
+    }
+
+    /// Issues a token for `client_id` and returns the URL its browser connects to:
+    /// `ws://{node}{path}?token={token}`. The token lives `token_ttl` (10 s by default).
+    pub async fn prev_connect_server(&self, client_id: ClientId, meta: Option<&str>) -> Result<String> {
+        let token = protocol::new_token();
+        let value = protocol::to_json(&TokenValue { client_id, meta: meta.map(Into::into) });
+        let key = self.shared.keys.token(&token);
+        self.shared.backend.set_ex(&key, &value, self.shared.token_ttl_secs).await?;
+        let node = protocol::node_index(client_id, self.shared.servers.len());
+        Ok(format!("{}{token}", self.shared.connect_bases[node]))
+    }
+
+    /// Sends `message` (any `Serialize`; a `&str` goes out as a JSON string) from `sender`
+    /// to `receivers`: duplicates removed, one publish per node, pipelined. With `receipt`,
+    /// the sender gets a receipt per receiver (delivered or offline).
+    pub async fn send_message<T: Serialize + ?Sized>(
+        &self,
+        sender: ClientId,
+        receivers: &[ClientId],
+        message: &T,
+        receipt: bool,
+    ) -> Result<()> {
+        let content = protocol::try_to_json(message)?;
+        let mut ops = Vec::new();
+        self.direct_ops(sender, receivers, &content, receipt, &mut ops);
+        Ok(self.shared.backend.execute(ops).await?)
+    }
+
+    /// Appends the publishes of one direct message to `ops` (the gateway batches receipts
+    /// this way).
+    pub(crate) fn direct_ops(
+        &self,
+        sender: ClientId,
+        receivers: &[ClientId],
+        content: &str,
+        receipt: bool,
+        ops: &mut Vec<Op>,
+    ) {
+        let mut seen = HashSet::with_capacity(receivers.len());
+        // (node index, its receivers) in order of first appearance, as the reference.
+        let mut by_node: Vec<(usize, Vec<ClientId>)> = Vec::new();
+        for &id in receivers.iter().filter(|id| seen.insert(**id)) {
+            let node = protocol::node_index(id, self.shared.servers.len());
+            match by_node.iter_mut().find(|(n, _)| *n == node) {
+                Some((_, ids)) => ids.push(id),
+                None => by_node.push((node, vec![id])),
+            }
+        }
+        for (node, receivers) in by_node {
+            self.notify_send(node, sender, &receivers, None, content, receipt);
+            let payload = NodeCommand::Direct(DirectMessage { sender, receivers, content: content.to_owned(), receipt });
+            ops.push(self.publish_op(node, payload.encode()));
+        }
+    }
+
+    /// Sends `message` to every member of `chan` that is online, on every node.
+    pub async fn send_chan_message<T: Serialize + ?Sized>(&self, sender: ClientId, chan: &str, message: &T) -> Result<()> {
+        self.chan_message(sender, Some(chan), message).await
+    }
+
+    /// Sends `message` to every connected client of every node (a channel message with a
+    /// null channel, from the system).
+    pub async fn send_broadcast_message<T: Serialize + ?Sized>(&self, message: &T) -> Result<()> {
+        self.chan_message(0, None, message).await
+    }
+
+    async fn chan_message<T: Serialize + ?Sized>(&self, sender: ClientId, chan: Option<&str>, message: &T) -> Result<()> {
+        let content = protocol::try_to_json(message)?;
+        let message = ChanMessage { sender, chan: chan.map(Into::into), content };
+        let payload = Bytes::from(message.encode());
+        let mut ops = Vec::with_capacity(self.shared.servers.len());
+        for node in 0..self.shared.servers.len() {
+            self.notify_send(node, sender, &[], chan, &message.content, false);
+            ops.push(self.publish_op(node, payload.clone()));
+        }
+        Ok(self.shared.backend.execute(ops).await?)
+    }
+
+    /// Closes every socket of `client_id` (close 1001, reason `disconnect`).
+    pub async fn force_offline(&self, client_id: ClientId) -> Result<()> {
+        let node = protocol::node_index(client_id, self.shared.servers.len());
+        let op = self.publish_op(node, NodeCommand::ForceOffline(client_id).encode());
+        Ok(self.shared.backend.execute(vec![op]).await?)
+    }
+
+    fn publish_op(&self, node: usize, payload: impl Into<Bytes>) -> Op {
+        Op::Publish { channel: self.shared.server_channels[node].clone(), payload: payload.into() }
+    }
+
+    fn notify_send(
+        &self,
+        node: usize,
+        sender: ClientId,
+        receivers: &[ClientId],
+        chan: Option<&str>,
+        content: &str,
+        receipt: bool,
+    ) {
+        if let Some(hook) = &self.on_send {
+            let server = &self.shared.servers[node];
+            hook(&SendEvent { server, sender, receivers, chan, content, receipt });
+        }
+    }
+
+    /// Ids of every client with at least one socket, on any node (`HKEYS {P}Online`).
+    pub async fn get_client_list_by_online(&self) -> Result<Vec<ClientId>> {
+        Ok(parse_ids(self.hkeys(self.shared.keys.online().to_owned()).await?))
+    }
+
+    /// Whether `client_id` has at least one socket on any node.
+    pub async fn has_online(&self, client_id: ClientId) -> Result<bool> {
+        Ok(self.has_online_many(&[client_id]).await?.first().copied().unwrap_or(false))
+    }
+
+    /// [`ImClient::has_online`] for many ids in one `HMGET`, in the same order.
+    pub async fn has_online_many(&self, client_ids: &[ClientId]) -> Result<Vec<bool>> {
+        let fields: Vec<String> = client_ids.iter().map(ToString::to_string).collect();
+        let counts = self.shared.backend.hmget(self.shared.keys.online(), &fields).await?;
+        Ok(counts.iter().map(|c| c.as_deref().and_then(|c| c.parse::<i64>().ok()).unwrap_or(0) > 0).collect())
+    }
+
+    /// Online and offline events of every node, as a stream. It survives Redis reconnects
+    /// (events published while disconnected are lost, as pub/sub is at-most-once).
+    pub fn event_bus(&self) -> EventStream {
+        let keys = &self.shared.keys;
+        let subscription =
+            self.shared.backend.subscribe(vec![keys.event_online().to_owned(), keys.event_offline().to_owned()]);
+        EventStream { subscription, online_channel: keys.event_online().to_owned() }
+    }
+
+    /// Makes `client_id` a member of each of `chans` (empty names are skipped). Membership
+    /// is not tied to a connection: the gateway removes it when the client's last socket
+    /// closes, so a client joins again each time it comes online.
+    pub async fn join_chan<S: AsRef<str>>(&self, client_id: ClientId, chans: &[S]) -> Result<()> {
+        let pairs = chans.iter().map(|c| (client_id.to_string(), c.as_ref()));
+        self.membership(Script::JoinChan, pairs).await
+    }
+
+    /// Removes `client_id` from each of `chans`.
+    pub async fn leave_chan<S: AsRef<str>>(&self, client_id: ClientId, chans: &[S]) -> Result<()> {
+        let pairs = chans.iter().map(|c| (client_id.to_string(), c.as_ref()));
+        self.membership(Script::LeaveChan, pairs).await
+    }
+
+    /// Removes each of `client_ids` from `chan`.
+    pub async fn leave_chan_clients(&self, chan: &str, client_ids: &[ClientId]) -> Result<()> {
+        self.membership(Script::LeaveChan, client_ids.iter().map(|id| (id.to_string(), chan))).await
+    }
+
+    /// One script call per (member field, chan) pair, pipelined; empty channels skipped.
+    async fn membership<'a>(&self, script: Script, pairs: impl Iterator<Item = (String, &'a str)>) -> Result<()> {
+        let keys = &self.shared.keys;
+        let ops = pairs
+            .filter(|(_, chan)| !chan.is_empty())
+            .map(|(member, chan)| Op::Eval {
+                script,
+                keys: vec![keys.chan(chan), format!("{}Client{member}", keys.prefix()), keys.list_chan().to_owned()],
+                args: vec![member, chan.to_owned()],
+            })
+            .collect();
+        Ok(self.shared.backend.execute(ops).await?)
+    }
+
+    /// Member ids of `chan` (online or not).
+    pub async fn get_chan_client_list(&self, chan: &str) -> Result<Vec<ClientId>> {
+        if chan.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(parse_ids(self.hkeys(self.shared.keys.chan(chan)).await?))
+    }
+
+    /// Removes from `chan` every member with no socket on any node, and returns them.
+    /// Unlike the reference (which only edits `{P}Chan{chan}`), this also removes the
+    /// channel from each member's `{P}Client{id}` and decrements `{P}ListChan`.
+    pub async fn clear_chan_client(&self, chan: &str) -> Result<Vec<String>> {
+        if chan.is_empty() {
+            return Ok(Vec::new());
+        }
+        let members = self.hkeys(self.shared.keys.chan(chan)).await?;
+        let mut offline = Vec::new();
+        for batch in members.chunks(CLEAR_CHAN_BATCH) {
+            let counts = self.shared.backend.hmget(self.shared.keys.online(), batch).await?;
+            let empty = counts.iter().map(|c| c.as_deref().is_none_or(str::is_empty));
+            offline.extend(batch.iter().zip(empty).filter(|(_, e)| *e).map(|(m, _)| m.clone()));
+        }
+        self.membership(Script::LeaveChan, offline.iter().map(|m| (m.clone(), chan))).await?;
+        Ok(offline)
+    }
+
+    /// Every channel with its member count (`HGETALL {P}ListChan`).
+    pub async fn get_chan_list(&self) -> Result<Vec<(String, i64)>> {
+        let entries = self.shared.backend.hgetall(self.shared.keys.list_chan()).await?;
+        Ok(entries.into_iter().filter_map(|(chan, count)| Some((chan, count.parse().ok()?))).collect())
+    }
+
+    /// The channels `client_id` is a member of.
+    pub async fn get_chan_list_by_client_id(&self, client_id: ClientId) -> Result<Vec<String>> {
+        self.hkeys(self.shared.keys.client(client_id)).await
+    }
+
+    /// The member count of `chan` from `{P}ListChan` (members, not live sockets).
+    pub async fn get_chan_online(&self, chan: &str) -> Result<i64> {
+        if chan.is_empty() {
+            return Ok(0);
+        }
+        let count = self.shared.backend.hmget(self.shared.keys.list_chan(), &[chan.to_owned()]).await?;
+        Ok(count.into_iter().next().flatten().and_then(|c| c.parse().ok()).unwrap_or(0))
+    }
+
+    async fn hkeys(&self, key: String) -> Result<Vec<String>> {
+        Ok(self.shared.backend.hkeys(&[key]).await?.pop().unwrap_or_default())
+    }
+}
+
+/// Client ids from hash fields: `0` and non-numeric fields are skipped, as the reference.
+fn parse_ids(fields: Vec<String>) -> Vec<ClientId> {
+    fields.iter().filter_map(|f| f.parse().ok()).filter(|id| *id != 0).collect()
+}
+
+/// The stream returned by [`ImClient::event_bus`]. Malformed event payloads are logged
+/// and skipped.
+#[derive(Debug)]
+pub struct EventStream {
+    subscription: Subscription,
+    online_channel: String,
+}
+
+impl EventStream {
+    /// Whether the underlying subscription is currently established.
+    pub fn is_live(&self) -> bool {
+        *self.subscription.live.borrow()
+    }
+}
+
+impl Stream for EventStream {
+    type Item = PresenceEvent;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<PresenceEvent>> {
+        loop {
+            let Some(message) = std::task::ready!(self.subscription.messages.poll_recv(cx)) else {
+                return Poll::Ready(None);
+            };
+            match serde_json::from_slice::<TokenValue>(&message.payload) {
+                Ok(value) if message.channel == self.online_channel => return Poll::Ready(Some(PresenceEvent::Online(value))),
+                Ok(value) => return Poll::Ready(Some(PresenceEvent::Offline(value))),
+                Err(e) => tracing::warn!(error = %e, channel = %message.channel, "dropping malformed presence event"),
+            }
+        }
+    }
+}

@@ -1,0 +1,345 @@
+//! One accepted WebSocket: its shared state ([`Conn`]) and the task that serves it.
+//!
+//! Writes do not go through the connection's task. The dispatcher (and the heartbeat) call
+//! [`Conn::send`], which writes straight to the socket when nothing is queued, and queues
+//! only what the kernel did not take; the task then flushes the queue when the socket is
+//! writable. So a delivery costs no task wake-up and an idle socket holds no buffer.
+//! The queue is bounded by bytes: a client that cannot keep up is closed (1008) rather
+//! than allowed to grow the node's memory.
+//!
+//! The task reads into a 2 KiB buffer on the thread's stack (outside the task's future),
+//! answers pings and closes, enforces the frame limit, and ends with a close handshake
+//! bounded by [`CLOSE_LINGER`].
+
+use super::Node;
+use super::websocket::{self, FrameReader, Inbound, close_code};
+use crate::protocol::ClientId;
+use bytes::Bytes;
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+/// Bytes read per `read` call, into a buffer on the thread's stack.
+const READ_CHUNK: usize = 2048;
+/// Reads per wake-up before the task yields (a flooding client cannot starve others).
+const READS_PER_WAKE: usize = 16;
+/// Frames handed to one vectored write.
+const MAX_IOV: usize = 128;
+/// How long a closing socket may take to flush its close frame and see the peer's reply.
+pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// Why a socket closed; decides the close frame sent and the log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client sent a close frame or closed its TCP connection.
+    PeerClosed,
+    /// The business side asked (`__FreeIM__(ForceOffline)`): 1001 `disconnect`.
+    ForceOffline,
+    /// Its outgoing queue went over the limit: 1008 `slow consumer`.
+    SlowConsumer,
+    /// No read within the pong timeout after a ping; no frame is sent.
+    DeadPeer,
+    /// The node is shutting down: 1001 `shutdown`.
+    Shutdown,
+    /// The client broke the protocol or sent a frame over the limit.
+    Violation(u16, &'static str),
+    /// The socket failed.
+    IoError,
+}
+
+impl CloseReason {
+    fn frame(self) -> Option<Bytes> {
+        match self {
+            CloseReason::ForceOffline => Some(websocket::close_frame(close_code::GOING_AWAY, "disconnect")),
+            CloseReason::SlowConsumer => Some(websocket::close_frame(close_code::POLICY, "slow consumer")),
+            CloseReason::Shutdown => Some(websocket::close_frame(close_code::GOING_AWAY, "shutdown")),
+            CloseReason::Violation(code, why) => Some(websocket::close_frame(code, why)),
+            CloseReason::PeerClosed | CloseReason::DeadPeer | CloseReason::IoError => None,
+        }
+    }
+}
+
+/// A connected socket, shared by the registry, the dispatcher and its own task.
+#[derive(Debug)]
+pub struct Conn {
+    /// Unique per node, for logs.
+    pub id: u64,
+    /// The client this socket belongs to.
+    pub client_id: ClientId,
+    /// The token value JSON exactly as stored, published again with the offline event.
+    pub token_value: Bytes,
+    stream: TcpStream,
+    out: Mutex<Outbox>,
+    /// Asks the task to flush the queue or to close.
+    wake: Notify,
+    /// Node-clock milliseconds of the last byte read, and of the last ping sent.
+    last_read: AtomicU64,
+    ping_sent: AtomicU64,
+}
+
+/// Frames the kernel has not taken yet.
+#[derive(Debug, Default)]
+struct Outbox {
+    frames: VecDeque<Bytes>,
+    /// Bytes of the front frame already written.
+    offset: usize,
+    /// Unwritten bytes in `frames`.
+    bytes: usize,
+    /// Set once: no more frames are accepted after it.
+    closing: Option<CloseReason>,
+}
+
+impl Conn {
+    pub(crate) fn new(id: u64, client_id: ClientId, token_value: Bytes, stream: TcpStream, now_ms: u64) -> Self {
+        Conn {
+            id,
+            client_id,
+            token_value,
+            stream,
+            out: Mutex::default(),
+            wake: Notify::new(),
+            last_read: AtomicU64::new(now_ms),
+            ping_sent: AtomicU64::new(now_ms),
+        }
+    }
+
+    fn outbox(&self) -> MutexGuard<'_, Outbox> {
+        // Nothing panics while holding this lock; if something did, the outbox is still a
+        // valid queue, so keep using it.
+        self.out.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends `frames` in order: written now as far as the kernel takes them, the rest
+    /// queued for the task. Over `max_queue` bytes queued, the socket is closed as a slow
+    /// consumer. Frames sent after the socket started closing are dropped.
+    pub fn send(&self, frames: &[Bytes], max_queue: usize) {
+        let mut out = self.outbox();
+        if out.closing.is_some() {
+            return;
+        }
+        let mut skip = 0;
+        if out.frames.is_empty() {
+            match write_frames(&self.stream, frames.iter().map(|f| &f[..])) {
+                Ok(written) => skip = written,
+                Err(_) => return self.begin_close(&mut out, CloseReason::IoError),
+            }
+        }
+        let mut offset = skip;
+        for frame in frames {
+            if offset >= frame.len() {
+                offset -= frame.len();
+                continue;
+            }
+            if out.frames.is_empty() {
+                out.offset = offset;
+            }
+            out.bytes += frame.len() - offset;
+            offset = 0;
+            out.frames.push_back(frame.clone());
+        }
+        if out.bytes > max_queue {
+            tracing::warn!(conn = self.id, client = self.client_id, queued = out.bytes, "slow consumer: closing");
+            out.frames.clear();
+            (out.offset, out.bytes) = (0, 0);
+            return self.begin_close(&mut out, CloseReason::SlowConsumer);
+        }
+        if !out.frames.is_empty() {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Starts closing the socket for `reason` (the first reason wins).
+    pub fn close(&self, reason: CloseReason) {
+        self.begin_close(&mut self.outbox(), reason);
+    }
+
+    fn begin_close(&self, out: &mut Outbox, reason: CloseReason) {
+        if out.closing.is_some() {
+            return;
+        }
+        out.closing = Some(reason);
+        if let Some(frame) = reason.frame() {
+            out.bytes += frame.len();
+            out.frames.push_back(frame);
+        }
+        self.wake.notify_one();
+    }
+
+    /// Writes what is queued; `Ok(true)` when the queue is empty.
+    fn flush(&self) -> io::Result<bool> {
+        let mut out = self.outbox();
+        if out.frames.is_empty() {
+            return Ok(true);
+        }
+        let first = out.offset;
+        let written = {
+            let mut slices = out.frames.iter().map(|f| &f[..]);
+            let head = slices.next().map(|f| &f[first..]);
+            write_frames(&self.stream, head.into_iter().chain(slices))?
+        };
+        out.bytes -= written;
+        let mut left = written + out.offset;
+        while let Some(front) = out.frames.front() {
+            if left < front.len() {
+                break;
+            }
+            left -= front.len();
+            out.frames.pop_front();
+        }
+        out.offset = left;
+        if out.frames.is_empty() {
+            out.frames = VecDeque::new();
+        }
+        Ok(out.frames.is_empty())
+    }
+
+    fn closing(&self) -> Option<CloseReason> {
+        self.outbox().closing
+    }
+
+    /// Called by the heartbeat: pings every `interval`, and closes the socket when nothing
+    /// was read within `timeout` after a ping.
+    pub fn heartbeat(&self, now_ms: u64, interval: Duration, timeout: Duration) {
+        let (last_read, ping) = (self.last_read.load(Ordering::Relaxed), self.ping_sent.load(Ordering::Relaxed));
+        let waiting = last_read < ping;
+        if waiting && now_ms.saturating_sub(ping) >= timeout.as_millis() as u64 {
+            tracing::info!(conn = self.id, client = self.client_id, "dead peer: no pong; closing");
+            return self.close(CloseReason::DeadPeer);
+        }
+        if !waiting && now_ms.saturating_sub(ping) >= interval.as_millis() as u64 {
+            self.ping_sent.store(now_ms, Ordering::Relaxed);
+            self.send(&[websocket::ping_frame()], usize::MAX);
+        }
+    }
+}
+
+/// Writes as much of `frames` as the socket takes now, without waiting; returns the bytes
+/// written. A full socket (`WouldBlock`) is not an error.
+fn write_frames<'a>(stream: &TcpStream, frames: impl Iterator<Item = &'a [u8]>) -> io::Result<usize> {
+    let mut frames = frames.filter(|f| !f.is_empty()).peekable();
+    let mut total = 0;
+    while frames.peek().is_some() {
+        let mut slices = [IoSlice::new(&[]); MAX_IOV];
+        let mut count = 0;
+        let mut wanted = 0;
+        for (slot, frame) in slices.iter_mut().zip(frames.by_ref()) {
+            *slot = IoSlice::new(frame);
+            wanted += frame.len();
+            count += 1;
+        }
+        match stream.try_write_vectored(&slices[..count]) {
+            Ok(n) => {
+                total += n;
+                if n < wanted {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(total)
+}
+
+/// Serves `conn` until it closes; returns why. `leftover` holds bytes read past the
+/// upgrade request.
+pub(crate) async fn serve(node: &Node, conn: &Conn, leftover: &[u8]) -> CloseReason {
+    let mut reader = FrameReader::default();
+    let mut inbound = Vec::new();
+    reader.feed(leftover, &mut inbound);
+    handle_inbound(node, conn, &mut inbound);
+    loop {
+        let pending = !conn.flush().unwrap_or(true);
+        if let Some(reason) = conn.closing() {
+            // Boxed: the linger state exists only while closing, not in every idle future.
+            Box::pin(linger(conn, reason)).await;
+            return reason;
+        }
+        tokio::select! {
+            _ = conn.wake.notified() => {}
+            _ = conn.stream.writable(), if pending => {}
+            ready = conn.stream.readable() => {
+                if ready.is_err() {
+                    conn.close(CloseReason::IoError);
+                    continue;
+                }
+                match read_available(conn, &mut reader, &mut inbound, node.now_ms()) {
+                    Ok(true) => handle_inbound(node, conn, &mut inbound),
+                    Ok(false) => conn.close(CloseReason::PeerClosed),
+                    Err(_) => conn.close(CloseReason::IoError),
+                }
+            }
+        }
+    }
+}
+
+fn handle_inbound(node: &Node, conn: &Conn, inbound: &mut Vec<Inbound>) {
+    for event in inbound.drain(..) {
+        match event {
+            Inbound::Ping(pong) => conn.send(&[pong], node.config.max_queue_bytes),
+            Inbound::Close(reply) => {
+                conn.send(&[reply], usize::MAX);
+                conn.close(CloseReason::PeerClosed);
+            }
+            Inbound::Violation(code, why) => {
+                tracing::info!(conn = conn.id, client = conn.client_id, code, why, "closing on bad frame");
+                conn.close(CloseReason::Violation(code, why));
+            }
+        }
+    }
+}
+
+/// Reads what is available; `Ok(false)` at end of stream.
+fn read_available(conn: &Conn, reader: &mut FrameReader, inbound: &mut Vec<Inbound>, now_ms: u64) -> io::Result<bool> {
+    let mut buf = [0u8; READ_CHUNK];
+    for _ in 0..READS_PER_WAKE {
+        match conn.stream.try_read(&mut buf) {
+            Ok(0) => return Ok(false),
+            Ok(n) => {
+                conn.last_read.store(now_ms, Ordering::Relaxed);
+                reader.feed(&buf[..n], inbound);
+                if n < buf.len() || !inbound.is_empty() {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+/// The end of a close: flush the close frame, send FIN, and wait (bounded) for the peer to
+/// close its side, so the kernel ends the connection cleanly instead of with a reset.
+async fn linger(conn: &Conn, reason: CloseReason) {
+    if matches!(reason, CloseReason::DeadPeer | CloseReason::IoError) {
+        return;
+    }
+    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        while !conn.flush().unwrap_or(true) {
+            if conn.stream.writable().await.is_err() {
+                return;
+            }
+        }
+        let _ = socket2::SockRef::from(&conn.stream).shutdown(std::net::Shutdown::Write);
+        while conn.stream.readable().await.is_ok() && !discard_available(conn) {}
+    })
+    .await;
+}
+
+/// Reads and drops what is available; `true` once the peer has closed or the socket failed.
+fn discard_available(conn: &Conn) -> bool {
+    let mut buf = [0u8; READ_CHUNK];
+    loop {
+        match conn.stream.try_read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(_) => return true,
+        }
+    }
+}

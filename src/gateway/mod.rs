@@ -1,0 +1,158 @@
+//! The WebSocket gateway node (the reference's `ImServer`).
+//!
+//! A node is four kinds of tasks around one shared [`Node`]:
+//! - [`listener`]: accepts TCP, answers `/healthz`, upgrades `/ws?token=…` after the token
+//!   lookup, then runs each socket's task ([`connection`]) and its presence ([`presence`]);
+//! - [`dispatch`]: consumes the node channel `{P}Server{server}` and writes frames;
+//! - [`heartbeat`]: pings sockets and closes dead peers;
+//! - shutdown ([`Gateway::shutdown`]): stop accepting, close every socket with 1001, run
+//!   each close path, and wait for them within the drain timeout.
+
+pub mod config;
+pub mod connection;
+mod dispatch;
+mod heartbeat;
+mod listener;
+mod presence;
+pub mod registry;
+pub mod websocket;
+
+pub use self::config::{ConfigError, GatewayConfig, Settings};
+use self::connection::CloseReason;
+use self::registry::Registry;
+use crate::backend::Backend;
+use crate::client::{ImClient, ImClientOptions};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Instant;
+use tokio::net::TcpSocket;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Pending connections the kernel queues before `accept` (bursts of thousands of connects).
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Why a gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The listen address is taken or not ours.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The client options derived from the configuration are invalid.
+    #[error(transparent)]
+    Client(#[from] crate::Error),
+}
+
+/// State shared by every task of one node.
+#[derive(Debug)]
+pub(crate) struct Node {
+    pub(crate) config: GatewayConfig,
+    /// The business-side client on the same backend: receipts, channel leaves.
+    pub(crate) client: ImClient,
+    pub(crate) registry: Registry,
+    /// Whether the node-channel subscription is established (`/healthz`).
+    pub(crate) live: watch::Receiver<bool>,
+    /// Cancelled when shutdown starts.
+    pub(crate) shutdown: CancellationToken,
+    /// Connection tasks, so shutdown can wait for their close paths.
+    pub(crate) connections: TaskTracker,
+    pub(crate) next_conn_id: AtomicU64,
+    clock: Instant,
+}
+
+impl Node {
+    /// Milliseconds since the node started (the heartbeat's clock).
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.clock.elapsed().as_millis() as u64
+    }
+}
+
+/// A running gateway node. Dropping it does not stop it; call [`Gateway::shutdown`].
+#[derive(Debug)]
+pub struct Gateway {
+    node: Arc<Node>,
+    local_addr: SocketAddr,
+    tasks: TaskTracker,
+}
+
+impl Gateway {
+    /// Binds the listen address, subscribes to the node channel and starts serving.
+    pub async fn start(config: GatewayConfig, backend: Backend) -> Result<Gateway, GatewayError> {
+        let options = ImClientOptions { path: config.path.clone(), ..ImClientOptions::new(config.servers.clone()) };
+        let client = ImClient::new(backend, options)?;
+        let listener = bind(config.listen).map_err(|source| GatewayError::Bind { addr: config.listen, source })?;
+        let local_addr = listener.local_addr().map_err(|source| GatewayError::Bind { addr: config.listen, source })?;
+        let subscription = client.backend().subscribe(vec![client.keys().server(&config.server)]);
+        let node = Arc::new(Node {
+            live: subscription.live.clone(),
+            config,
+            client,
+            registry: Registry::default(),
+            shutdown: CancellationToken::new(),
+            connections: TaskTracker::new(),
+            next_conn_id: AtomicU64::new(1),
+            clock: Instant::now(),
+        });
+        let tasks = TaskTracker::new();
+        tasks.spawn(listener::run(node.clone(), listener));
+        tasks.spawn(dispatch::run(node.clone(), subscription));
+        tasks.spawn(heartbeat::run(node.clone()));
+        tracing::info!(server = %node.config.server, %local_addr, path = %node.config.path, "gateway listening");
+        Ok(Gateway { node, local_addr, tasks })
+    }
+
+    /// The address the node listens on (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Sockets currently open on this node.
+    pub fn connections(&self) -> usize {
+        self.node.registry.len()
+    }
+
+    /// Whether the node-channel subscription is established.
+    pub fn is_live(&self) -> bool {
+        *self.node.live.borrow()
+    }
+
+    /// Graceful stop: stop accepting, close every socket with 1001, run each close path
+    /// (presence, channels, offline events), and return when all are done or the drain
+    /// timeout has passed. Returns the number of sockets still open then (0 normally).
+    pub async fn shutdown(self) -> usize {
+        let node = &self.node;
+        node.shutdown.cancel();
+        let open = node.registry.all();
+        tracing::info!(sockets = open.len(), "shutting down: closing sockets");
+        for conn in open {
+            conn.close(CloseReason::Shutdown);
+        }
+        node.connections.close();
+        self.tasks.close();
+        let drained = tokio::time::timeout(node.config.drain_timeout, async {
+            node.connections.wait().await;
+            self.tasks.wait().await;
+        })
+        .await;
+        let left = node.registry.len();
+        match drained {
+            Ok(()) => tracing::info!("shutdown complete"),
+            Err(_) => tracing::warn!(sockets = left, "drain timeout: exiting with sockets still open"),
+        }
+        left
+    }
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}

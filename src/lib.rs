@@ -1,0 +1,27 @@
+//! FreeIM for Rust: a FreeIM-compatible instant-messaging gateway and its business-side
+//! library.
+//!
+//! Browsers hold a WebSocket to a stateless [`gateway`] node; the business backend does the
+//! business logic and pushes messages through Redis with [`ImClient`] (the reference's
+//! `ImHelper`). Both speak FreeIM v2's wire format byte for byte ([`protocol`]), so either
+//! side can replace its .NET counterpart. [`backend`] is the seam between Redis and the
+//! in-process broker used by the single-process mode.
+//!
+//! ```no_run
+//! # async fn demo() -> freeim::Result<()> {
+//! use freeim::{ImClient, ImClientOptions};
+//! let im = ImClient::connect("redis://127.0.0.1:6379/0", ImClientOptions::new(["127.0.0.1:6001"]))?;
+//! let url = im.prev_connect_server(42, Some("203.0.113.7")).await?; // hand this to the browser
+//! im.send_message(1, &[42], "hello", true).await?; // the browser gets the frame "hello" (quoted)
+//! # Ok(()) }
+//! ```
+
+pub mod backend;
+pub mod client;
+pub mod error;
+pub mod gateway;
+pub mod protocol;
+
+pub use client::{EventStream, ImClient, ImClientOptions, PresenceEvent, SendEvent};
+pub use error::{Error, Result};
+pub use protocol::ClientId;
