@@ -227,13 +227,19 @@ impl ImClient {
         }
         for (node, receivers) in by_node {
             self.notify_send(node, sender, &receivers, None, content, receipt);
-            let payload = NodeCommand::Direct(DirectMessage { sender, receivers, content: content.to_owned(), receipt });
+            let payload =
+                NodeCommand::Direct(DirectMessage { sender, receivers, content: content.to_owned(), receipt });
             ops.push(self.publish_op(node, payload.encode()));
         }
     }
 
     /// Sends `message` to every member of `chan` that is online, on every node.
-    pub async fn send_chan_message<T: Serialize + ?Sized>(&self, sender: ClientId, chan: &str, message: &T) -> Result<()> {
+    pub async fn send_chan_message<T: Serialize + ?Sized>(
+        &self,
+        sender: ClientId,
+        chan: &str,
+        message: &T,
+    ) -> Result<()> {
         self.chan_message(sender, Some(chan), message).await
     }
 
@@ -243,7 +249,12 @@ impl ImClient {
         self.chan_message(0, None, message).await
     }
 
-    async fn chan_message<T: Serialize + ?Sized>(&self, sender: ClientId, chan: Option<&str>, message: &T) -> Result<()> {
+    async fn chan_message<T: Serialize + ?Sized>(
+        &self,
+        sender: ClientId,
+        chan: Option<&str>,
+        message: &T,
+    ) -> Result<()> {
         let content = protocol::try_to_json(message)?;
         let message = ChanMessage { sender, chan: chan.map(Into::into), content };
         let payload = Bytes::from(message.encode());
@@ -420,7 +431,9 @@ impl Stream for EventStream {
                 return Poll::Ready(None);
             };
             match serde_json::from_slice::<TokenValue>(&message.payload) {
-                Ok(value) if message.channel == self.online_channel => return Poll::Ready(Some(PresenceEvent::Online(value))),
+                Ok(value) if message.channel == self.online_channel => {
+                    return Poll::Ready(Some(PresenceEvent::Online(value)));
+                }
                 Ok(value) => return Poll::Ready(Some(PresenceEvent::Offline(value))),
                 Err(e) => tracing::warn!(error = %e, channel = %message.channel, "dropping malformed presence event"),
             }

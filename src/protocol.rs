@@ -251,11 +251,7 @@ pub fn try_to_json<T: Serialize + ?Sized>(value: &T) -> Result<String, serde_jso
 struct NewtonsoftFormatter;
 
 impl serde_json::ser::Formatter for NewtonsoftFormatter {
-    fn write_string_fragment<W: ?Sized + io::Write>(
-        &mut self,
-        writer: &mut W,
-        fragment: &str,
-    ) -> io::Result<()> {
+    fn write_string_fragment<W: ?Sized + io::Write>(&mut self, writer: &mut W, fragment: &str) -> io::Result<()> {
         let mut start = 0;
         for (i, c) in fragment.char_indices() {
             let escape = match c {
@@ -326,12 +322,7 @@ mod tests {
             (r#"{"Item1":7,"Item2":null}"#, to_json(&TokenValue { client_id: 7, meta: None })),
             (
                 r#"{"Item1":1,"Item2":[2,3],"Item3":"\"hello\"","Item4":true}"#,
-                to_json(&DirectMessage {
-                    sender: 1,
-                    receivers: vec![2, 3],
-                    content: to_json("hello"),
-                    receipt: true,
-                }),
+                to_json(&DirectMessage { sender: 1, receivers: vec![2, 3], content: to_json("hello"), receipt: true }),
             ),
             (
                 r#"{"Item1":0,"Item2":"room1","Item3":"{\"a\":1}"}"#,

@@ -5,7 +5,7 @@
 //! `EVAL` is), and pub/sub delivers to every current subscriber in publish order. A full
 //! subscriber queue makes the publisher wait (back-pressure) instead of dropping.
 
-use super::{BackendError, Op, PubSubMessage, Script, Subscription, SUBSCRIPTION_QUEUE};
+use super::{BackendError, Op, PubSubMessage, SUBSCRIPTION_QUEUE, Script, Subscription};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -47,10 +47,9 @@ impl State {
         let hash = self.hash(key);
         let current = match hash.get(field) {
             None => 0,
-            Some(v) => v.parse::<i64>().map_err(|_| BackendError::NotAnInteger {
-                key: key.to_owned(),
-                field: field.to_owned(),
-            })?,
+            Some(v) => v
+                .parse::<i64>()
+                .map_err(|_| BackendError::NotAnInteger { key: key.to_owned(), field: field.to_owned() })?,
         };
         let value = current.saturating_add(by);
         hash.insert(field.to_owned(), value.to_string());

@@ -6,7 +6,7 @@
 //! A command issued while Redis is down fails fast with [`BackendError::Redis`]; the
 //! connection manager reconnects in the background so the next command works again.
 
-use super::{BackendError, Op, PubSubMessage, Script, Subscription, SUBSCRIPTION_QUEUE};
+use super::{BackendError, Op, PubSubMessage, SUBSCRIPTION_QUEUE, Script, Subscription};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};

@@ -163,7 +163,8 @@ impl Settings {
     /// Validates into the Redis URL and a [`GatewayConfig`].
     pub fn resolve(mut self) -> Result<(String, GatewayConfig), ConfigError> {
         let redis = self.redis.take().ok_or(ConfigError::Missing("redis"))?;
-        redis::Client::open(redis.as_str()).map_err(|e| invalid("redis", format!("{redis:?} is not a Redis URL: {e}")))?;
+        redis::Client::open(redis.as_str())
+            .map_err(|e| invalid("redis", format!("{redis:?} is not a Redis URL: {e}")))?;
         Ok((redis, self.resolve_gateway()?))
     }
 
@@ -233,7 +234,11 @@ mod tests {
 
     #[test]
     fn defaults_and_listen_from_server() {
-        let (redis, c) = settings("redis = 'redis://127.0.0.1:6379/0'\nserver = '127.0.0.1:6001'\nservers = '127.0.0.1:6001,127.0.0.1:6002'").resolve().unwrap();
+        let (redis, c) = settings(
+            "redis = 'redis://127.0.0.1:6379/0'\nserver = '127.0.0.1:6001'\nservers = '127.0.0.1:6001,127.0.0.1:6002'",
+        )
+        .resolve()
+        .unwrap();
         assert_eq!(redis, "redis://127.0.0.1:6379/0");
         assert_eq!(c.listen, "127.0.0.1:6001".parse().unwrap());
         assert_eq!(c.servers, ["127.0.0.1:6001", "127.0.0.1:6002"]);
@@ -244,7 +249,8 @@ mod tests {
     #[test]
     fn flags_win_over_the_file() {
         let cli = Settings { ping_interval: Some(5), ..Settings::default() };
-        let file = settings("redis = 'redis://h'\nserver = 'a:1'\nservers = ['a:1']\nping-interval = 9\npong-timeout = 7");
+        let file =
+            settings("redis = 'redis://h'\nserver = 'a:1'\nservers = ['a:1']\nping-interval = 9\npong-timeout = 7");
         let (_, c) = cli.or(file).resolve().unwrap();
         assert_eq!((c.ping_interval.as_secs(), c.pong_timeout.as_secs()), (5, 7));
     }

@@ -86,7 +86,7 @@ async fn handshake(node: &Node, stream: &mut TcpStream) -> Option<Upgrade> {
         Ok(httparse::Status::Complete(_)) => route(node, &request).await,
         _ => Err(Reject::BadRequest("malformed HTTP request")),
     };
-    let result = match answer {
+    match answer {
         Ok((key, value)) => {
             let response = websocket::upgrade_response(key.as_bytes());
             stream.write_all(response.as_bytes()).await.ok()?;
@@ -97,8 +97,7 @@ async fn handshake(node: &Node, stream: &mut TcpStream) -> Option<Upgrade> {
             let _ = stream.shutdown().await;
             None
         }
-    };
-    result
+    }
 }
 
 /// Reads until the end of the request head; `None` if the peer closes or it is too long

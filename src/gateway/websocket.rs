@@ -10,8 +10,8 @@
 
 use bytes::Bytes;
 use std::io::Cursor;
-use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 use tungstenite::protocol::frame::FrameHeader;
+use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
 /// Largest inbound frame accepted; a larger one closes the socket with 1009.
 pub const MAX_INBOUND_FRAME: usize = 64 * 1024;

@@ -1,0 +1,76 @@
+//! Command-line edge: argument parsing, logging, the runtime, and one-line errors.
+//!
+//! Each subcommand lives in its own file and returns `anyhow::Result`; any error (a bad
+//! flag, a taken port, an unreachable Redis) is printed as one line and exits non-zero.
+
+mod ctl;
+mod server;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// FreeIM-compatible instant-messaging gateway.
+#[derive(Debug, Parser)]
+#[command(name = "freeim", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a gateway node (the ImServer): WebSocket clients in, messages from Redis out.
+    Server(server::ServerArgs),
+    /// Operate a live cluster through Redis: connect URLs, sends, presence, channels.
+    Ctl(ctl::CtlArgs),
+}
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => return fail(first_line(&e.render().to_string())),
+    };
+    init_logging();
+    let result = match cli.command {
+        Some(Command::Server(args)) => server::run(args),
+        Some(Command::Ctl(args)) => runtime(Some(1)).and_then(|rt| rt.block_on(ctl::run(args))),
+        None => {
+            use clap::CommandFactory;
+            let _ = Cli::command().print_help();
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(format!("error: {e:#}")),
+    }
+}
+
+fn fail(line: String) -> ExitCode {
+    eprintln!("{line}");
+    ExitCode::from(2)
+}
+
+/// Clap's first line ("error: invalid value 'x' for '--ping-interval <SECS>': …").
+fn first_line(rendered: &str) -> String {
+    rendered.lines().find(|l| !l.trim().is_empty()).unwrap_or("error: invalid arguments").to_owned()
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// A Tokio runtime with `threads` workers (all cores when `None`).
+fn runtime(threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = threads {
+        builder.worker_threads(n.max(1));
+    }
+    Ok(builder.enable_all().build()?)
+}

@@ -1,0 +1,92 @@
+//! `freeim server`: one gateway node on Redis, until SIGTERM or SIGINT.
+
+use clap::{ArgAction, Args};
+use freeim::backend::{Backend, RedisBackend};
+use freeim::gateway::{Gateway, Settings, config::ServerList};
+use std::path::PathBuf;
+
+/// Flags of `freeim server`; each also reads `FREEIM_<NAME>`, and `--config` a TOML file
+/// with the same names. Flags win over variables, variables over the file.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Redis URL, e.g. redis://127.0.0.1:6379/0.
+    #[arg(long, env = "FREEIM_REDIS", value_name = "URL")]
+    redis: Option<String>,
+    /// This node's name, as listed in --servers.
+    #[arg(long, env = "FREEIM_SERVER", value_name = "HOST:PORT")]
+    server: Option<String>,
+    /// Every node, in the same order everywhere (routing is id mod count).
+    #[arg(long, env = "FREEIM_SERVERS", value_name = "A:P,B:P")]
+    servers: Option<String>,
+    /// Address to listen on [default: the --server address].
+    #[arg(long, env = "FREEIM_LISTEN", value_name = "ADDR")]
+    listen: Option<String>,
+    /// WebSocket path; also names the Redis keys (/ws → im_v2_ws) [default: /ws].
+    #[arg(long, env = "FREEIM_PATH", value_name = "PATH")]
+    path: Option<String>,
+    /// Seconds between server pings [default: 25].
+    #[arg(long, env = "FREEIM_PING_INTERVAL", value_name = "SECS")]
+    ping_interval: Option<u64>,
+    /// Seconds of silence after a ping before a socket is closed as dead [default: 25].
+    #[arg(long, env = "FREEIM_PONG_TIMEOUT", value_name = "SECS")]
+    pong_timeout: Option<u64>,
+    /// Accept a token more than once within its TTL, as FreeIM does [default: single use].
+    #[arg(long, env = "FREEIM_ALLOW_TOKEN_REUSE", action = ArgAction::SetTrue)]
+    allow_token_reuse: bool,
+    /// Outgoing bytes a socket may queue before it is closed as a slow consumer [default: 1048576].
+    #[arg(long, env = "FREEIM_MAX_QUEUE_BYTES", value_name = "BYTES")]
+    max_queue_bytes: Option<usize>,
+    /// Seconds a graceful shutdown may take [default: 10].
+    #[arg(long, env = "FREEIM_DRAIN_TIMEOUT", value_name = "SECS")]
+    drain_timeout: Option<u64>,
+    /// Worker threads [default: one per core].
+    #[arg(long, env = "FREEIM_THREADS", value_name = "N")]
+    threads: Option<usize>,
+    /// TOML file with any of the settings above (keys are the flag names).
+    #[arg(long, env = "FREEIM_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+impl ServerArgs {
+    fn settings(&self) -> Settings {
+        Settings {
+            redis: self.redis.clone(),
+            server: self.server.clone(),
+            servers: self.servers.clone().map(ServerList::Csv),
+            listen: self.listen.clone(),
+            path: self.path.clone(),
+            ping_interval: self.ping_interval,
+            pong_timeout: self.pong_timeout,
+            allow_token_reuse: self.allow_token_reuse.then_some(true),
+            max_queue_bytes: self.max_queue_bytes,
+            drain_timeout: self.drain_timeout,
+        }
+    }
+}
+
+pub fn run(args: ServerArgs) -> anyhow::Result<()> {
+    let file = match &args.config {
+        Some(path) => Settings::load(path)?,
+        None => Settings::default(),
+    };
+    let (redis, config) = args.settings().or(file).resolve()?;
+    let backend = Backend::Redis(RedisBackend::open(&redis)?);
+    super::runtime(args.threads)?.block_on(async {
+        let gateway = Gateway::start(config, backend).await?;
+        wait_for_signal().await?;
+        let left = gateway.shutdown().await;
+        anyhow::ensure!(left == 0, "{left} sockets were still open at the drain timeout");
+        Ok(())
+    })
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        r = tokio::signal::ctrl_c() => { r?; tracing::info!("SIGINT received") }
+    }
+    Ok(())
+}
