@@ -122,11 +122,8 @@ both!(channel_membership_state_is_exact, |kind| async move {
 
 both!(presence_reads_skip_zero_and_non_numeric_ids, |kind| async move {
     let env = Env::new(kind);
-    let online = |field: &str, by| freeim::backend::Op::HIncrBy {
-        key: "im_v2_wsOnline".into(),
-        field: field.into(),
-        by,
-    };
+    let online =
+        |field: &str, by| freeim::backend::Op::HIncrBy { key: "im_v2_wsOnline".into(), field: field.into(), by };
     env.backend.execute(vec![online("7", 2), online("0", 1), online("abc", 1), online("-4", 1)]).await.unwrap();
     let mut ids = env.im.get_client_list_by_online().await.unwrap();
     ids.sort();
@@ -193,9 +190,8 @@ async fn event_bus_survives_a_redis_restart() {
 async fn on_send_is_called_once_per_node_publish() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = seen.clone();
-    let im = ImClient::new(Backend::Memory(MemoryBackend::new()), ImClientOptions::new([A, B]))
-        .unwrap()
-        .on_send(move |e| {
+    let im =
+        ImClient::new(Backend::Memory(MemoryBackend::new()), ImClientOptions::new([A, B])).unwrap().on_send(move |e| {
             let line = format!("{} {} {:?} {:?} {} {}", e.server, e.sender, e.receivers, e.chan, e.content, e.receipt);
             log.lock().unwrap().push(line);
         });
