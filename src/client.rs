@@ -17,6 +17,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+/// Default largest serialized message: 1 MiB. Every byte goes through Redis pub/sub once per
+/// node and is written to every receiving socket.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+
 /// How many `{P}Online` fields [`ImClient::clear_chan_client`] asks for per `HMGET`.
 const CLEAR_CHAN_BATCH: usize = 1000;
 
@@ -34,6 +38,9 @@ pub struct ImClientOptions {
     pub public_hosts: Vec<String>,
     /// Lifetime of a token in Redis. Default 10 s, as the reference.
     pub token_ttl: Duration,
+    /// Largest serialized message a send accepts ([`Error::MessageTooLarge`] beyond).
+    /// Default [`DEFAULT_MAX_MESSAGE_BYTES`]; FreeIM has no limit.
+    pub max_message_bytes: usize,
 }
 
 impl ImClientOptions {
@@ -45,6 +52,7 @@ impl ImClientOptions {
             scheme: "ws".to_owned(),
             public_hosts: Vec::new(),
             token_ttl: Duration::from_secs(10),
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
         }
     }
 
@@ -117,6 +125,7 @@ struct Shared {
     servers: Vec<String>,
     /// `{P}Server{server}` per server, in server order.
     server_channels: Vec<String>,
+    max_message_bytes: usize,
     /// `{scheme}://{host}{path}?token=` per server, in server order.
     connect_bases: Vec<String>,
     token_ttl_secs: u64,
@@ -147,6 +156,7 @@ impl ImClient {
         let shared = Shared {
             server_channels: options.servers.iter().map(|s| keys.server(s)).collect(),
             connect_bases: hosts.iter().map(|h| format!("{}://{h}{}?token=", options.scheme, options.path)).collect(),
+            max_message_bytes: options.max_message_bytes,
             backend,
             keys,
             servers: options.servers,
@@ -199,10 +209,20 @@ impl ImClient {
         message: &T,
         receipt: bool,
     ) -> Result<()> {
-        let content = protocol::try_to_json(message)?;
+        let content = self.serialize(message)?;
         let mut ops = Vec::new();
         self.direct_ops(sender, receivers, &content, receipt, &mut ops);
         Ok(self.shared.backend.execute(ops).await?)
+    }
+
+    /// The message as JSON, within the size limit.
+    fn serialize<T: Serialize + ?Sized>(&self, message: &T) -> Result<String> {
+        let content = protocol::try_to_json(message)?;
+        let limit = self.shared.max_message_bytes;
+        if content.len() > limit {
+            return Err(Error::MessageTooLarge { size: content.len(), limit });
+        }
+        Ok(content)
     }
 
     /// Appends the publishes of one direct message to `ops` (the gateway batches receipts
@@ -255,7 +275,7 @@ impl ImClient {
         chan: Option<&str>,
         message: &T,
     ) -> Result<()> {
-        let content = protocol::try_to_json(message)?;
+        let content = self.serialize(message)?;
         let message = ChanMessage { sender, chan: chan.map(Into::into), content };
         let payload = Bytes::from(message.encode());
         let mut ops = Vec::with_capacity(self.shared.servers.len());

@@ -16,6 +16,15 @@ pub enum Error {
     /// say). Nothing was sent.
     #[error("message cannot be serialized to JSON: {0}")]
     Serialize(#[from] serde_json::Error),
+    /// The serialized message is larger than `ImClientOptions::max_message_bytes`. Nothing
+    /// was sent.
+    #[error("message of {size} bytes is over the {limit}-byte limit")]
+    MessageTooLarge {
+        /// Its serialized size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
 }
 
 /// `Result` with [`Error`].

@@ -39,6 +39,18 @@ pub struct ServerArgs {
     /// Seconds a graceful shutdown may take [default: 10].
     #[arg(long, env = "FREEIM_DRAIN_TIMEOUT", value_name = "SECS")]
     drain_timeout: Option<u64>,
+    /// Sockets this node accepts; beyond, upgrades get 503 [default: open-file limit - 64].
+    #[arg(long, env = "FREEIM_MAX_CONNECTIONS", value_name = "N")]
+    max_connections: Option<usize>,
+    /// Sockets one client id may hold on this node; beyond, upgrades get 429 [default: 32].
+    #[arg(long, env = "FREEIM_MAX_SOCKETS_PER_CLIENT", value_name = "N")]
+    max_sockets_per_client: Option<usize>,
+    /// Frames a socket may send per second; beyond, it is closed with 1008 [default: 100].
+    #[arg(long, env = "FREEIM_MAX_FRAMES_PER_SEC", value_name = "N")]
+    max_frames_per_sec: Option<u32>,
+    /// Origins accepted on browser upgrades, e.g. https://chat.example.com [default: any].
+    #[arg(long, env = "FREEIM_ALLOWED_ORIGINS", value_name = "ORIGIN,ORIGIN")]
+    allowed_origins: Option<String>,
     /// Worker threads [default: one per core].
     #[arg(long, env = "FREEIM_THREADS", value_name = "N")]
     threads: Option<usize>,
@@ -60,6 +72,10 @@ impl ServerArgs {
             allow_token_reuse: self.allow_token_reuse.then_some(true),
             max_queue_bytes: self.max_queue_bytes,
             drain_timeout: self.drain_timeout,
+            max_connections: self.max_connections,
+            max_sockets_per_client: self.max_sockets_per_client,
+            max_frames_per_sec: self.max_frames_per_sec,
+            allowed_origins: self.allowed_origins.clone().map(ServerList::Csv),
         }
     }
 }

@@ -19,6 +19,14 @@ pub const DEFAULT_PONG_TIMEOUT: u64 = 25;
 pub const DEFAULT_MAX_QUEUE_BYTES: usize = 1024 * 1024;
 /// Default seconds a shutdown waits for sockets to close and presence to be cleaned.
 pub const DEFAULT_DRAIN_TIMEOUT: u64 = 10;
+/// Default sockets one client id may hold on one node (devices, tabs); beyond, upgrades get 429.
+pub const DEFAULT_MAX_SOCKETS_PER_CLIENT: usize = 32;
+/// Default frames a socket may send per second; beyond, it is closed with 1008. FreeIM
+/// clients send nothing but control frames (browsers send through the business API).
+pub const DEFAULT_MAX_FRAMES_PER_SEC: u32 = 100;
+/// File descriptors kept free for Redis, logs and the listener when the default connection
+/// limit is derived from the process's open-file limit.
+const RESERVED_FDS: u64 = 64;
 /// A WebSocket handshake (request, token lookup, answer) must complete within this.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -43,6 +51,16 @@ pub struct GatewayConfig {
     pub max_queue_bytes: usize,
     /// How long a graceful shutdown may take.
     pub drain_timeout: Duration,
+    /// Sockets this node accepts; beyond, upgrades get 503. Default: the process's open-file
+    /// limit minus a reserve, so the node refuses cleanly instead of failing `accept`.
+    pub max_connections: usize,
+    /// Sockets one client id may hold on this node; beyond, upgrades get 429.
+    pub max_sockets_per_client: usize,
+    /// Frames a socket may send per second; beyond, it is closed with 1008.
+    pub max_frames_per_sec: u32,
+    /// `Origin` values accepted on upgrades (exact match, e.g. `https://chat.example.com`);
+    /// empty: any origin, as FreeIM. Requests without an `Origin` (non-browsers) pass.
+    pub allowed_origins: Vec<String>,
 }
 
 impl GatewayConfig {
@@ -129,6 +147,14 @@ pub struct Settings {
     pub max_queue_bytes: Option<usize>,
     /// `--drain-timeout`
     pub drain_timeout: Option<u64>,
+    /// `--max-connections`
+    pub max_connections: Option<usize>,
+    /// `--max-sockets-per-client`
+    pub max_sockets_per_client: Option<usize>,
+    /// `--max-frames-per-sec`
+    pub max_frames_per_sec: Option<u32>,
+    /// `--allowed-origins`
+    pub allowed_origins: Option<ServerList>,
 }
 
 impl Settings {
@@ -157,6 +183,10 @@ impl Settings {
             allow_token_reuse: self.allow_token_reuse.or(fallback.allow_token_reuse),
             max_queue_bytes: self.max_queue_bytes.or(fallback.max_queue_bytes),
             drain_timeout: self.drain_timeout.or(fallback.drain_timeout),
+            max_connections: self.max_connections.or(fallback.max_connections),
+            max_sockets_per_client: self.max_sockets_per_client.or(fallback.max_sockets_per_client),
+            max_frames_per_sec: self.max_frames_per_sec.or(fallback.max_frames_per_sec),
+            allowed_origins: self.allowed_origins.or(fallback.allowed_origins),
         }
     }
 
@@ -193,7 +223,27 @@ impl Settings {
         if max_queue_bytes < 1024 {
             return Err(invalid("max-queue-bytes", "must be at least 1024"));
         }
+        let at_least_one = |flag, value: Option<usize>, default: usize| match value.unwrap_or(default) {
+            0 => Err(invalid(flag, "must be at least 1")),
+            n => Ok(n),
+        };
+        let max_frames_per_sec = self.max_frames_per_sec.unwrap_or(DEFAULT_MAX_FRAMES_PER_SEC);
+        if max_frames_per_sec == 0 {
+            return Err(invalid("max-frames-per-sec", "must be at least 1"));
+        }
+        let allowed_origins = self.allowed_origins.map(ServerList::into_vec).unwrap_or_default();
+        if let Some(o) = allowed_origins.iter().find(|o| !(o.starts_with("http://") || o.starts_with("https://"))) {
+            return Err(invalid("allowed-origins", format!("{o:?} is not an origin like https://host[:port]")));
+        }
         Ok(GatewayConfig {
+            max_connections: at_least_one("max-connections", self.max_connections, default_max_connections())?,
+            max_sockets_per_client: at_least_one(
+                "max-sockets-per-client",
+                self.max_sockets_per_client,
+                DEFAULT_MAX_SOCKETS_PER_CLIENT,
+            )?,
+            max_frames_per_sec,
+            allowed_origins,
             ping_interval: seconds("ping-interval", self.ping_interval, DEFAULT_PING_INTERVAL)?,
             pong_timeout: seconds("pong-timeout", self.pong_timeout, DEFAULT_PONG_TIMEOUT)?,
             drain_timeout: seconds("drain-timeout", self.drain_timeout, DEFAULT_DRAIN_TIMEOUT)?,
@@ -205,6 +255,15 @@ impl Settings {
             path,
         })
     }
+}
+
+/// The open-file limit of this process minus [`RESERVED_FDS`].
+fn default_max_connections() -> usize {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit only writes the struct we pass.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+    let files = if ok && limit.rlim_cur != libc::RLIM_INFINITY { limit.rlim_cur } else { 1 << 20 };
+    files.saturating_sub(RESERVED_FDS).max(1) as usize
 }
 
 /// A node name must be `HOST:PORT`.
@@ -250,22 +309,24 @@ mod tests {
     fn flags_win_over_the_file() {
         let cli = Settings { ping_interval: Some(5), ..Settings::default() };
         let file =
-            settings("redis = 'redis://h'\nserver = 'a:1'\nservers = ['a:1']\nping-interval = 9\npong-timeout = 7");
+            settings("redis = 'redis://h'\nserver = '127.0.0.1:1'\nservers = ['127.0.0.1:1']\nping-interval = 9\npong-timeout = 7");
         let (_, c) = cli.or(file).resolve().unwrap();
         assert_eq!((c.ping_interval.as_secs(), c.pong_timeout.as_secs()), (5, 7));
     }
 
     #[test]
     fn errors_name_the_flag() {
-        let base = "redis = 'redis://h'\nservers = 'a:1,b:2'\n";
+        let base = "redis = 'redis://h'\nservers = '127.0.0.1:1,127.0.0.2:2'\n";
         let cases = [
-            ("servers = 'a:1'\nserver = 'a:1'", "--redis is required"),
-            ("redis = 'http://x'\nserver = 'a:1'\nservers = 'a:1'", "--redis: "),
-            (&format!("{base}server = 'c:3'") as &str, "--server: \"c:3\" is not in --servers (a:1,b:2)"),
+            ("servers = '127.0.0.1:1'\nserver = '127.0.0.1:1'", "--redis is required"),
+            ("redis = 'http://x'\nserver = '127.0.0.1:1'\nservers = '127.0.0.1:1'", "--redis: "),
+            (&format!("{base}server = '127.0.0.3:3'") as &str, "--server: \"127.0.0.3:3\" is not in --servers (127.0.0.1:1,127.0.0.2:2)"),
             ("redis = 'redis://h'\nserver = 'a'\nservers = 'a'", "--servers: \"a\" is not HOST:PORT"),
-            (&format!("{base}server = 'a:1'\nping-interval = 0"), "--ping-interval: must be at least 1 second"),
-            (&format!("{base}server = 'a:1'\npath = 'ws'"), "--path: "),
-            (&format!("{base}server = 'a:1'\nlisten = 'nohost'"), "--listen: "),
+            (&format!("{base}server = '127.0.0.1:1'\nping-interval = 0"), "--ping-interval: must be at least 1 second"),
+            (&format!("{base}server = '127.0.0.1:1'\npath = 'ws'"), "--path: "),
+            (&format!("{base}server = '127.0.0.1:1'\nlisten = 'nohost'"), "--listen: "),
+            (&format!("{base}server = '127.0.0.1:1'\nmax-connections = 0"), "--max-connections: must be at least 1"),
+            (&format!("{base}server = '127.0.0.1:1'\nallowed-origins = 'example.com'"), "--allowed-origins: "),
         ];
         for (toml, want) in cases {
             let err = settings(toml).resolve().unwrap_err().to_string();

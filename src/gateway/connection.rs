@@ -250,6 +250,7 @@ fn write_frames<'a>(stream: &TcpStream, frames: impl Iterator<Item = &'a [u8]>) 
 pub(crate) async fn serve(node: &Node, conn: &Conn, leftover: &[u8]) -> CloseReason {
     let mut reader = FrameReader::default();
     let mut inbound = Vec::new();
+    let mut rate = RateWindow::default();
     reader.feed(leftover, &mut inbound);
     handle_inbound(node, conn, &mut inbound);
     loop {
@@ -267,13 +268,36 @@ pub(crate) async fn serve(node: &Node, conn: &Conn, leftover: &[u8]) -> CloseRea
                     conn.close(CloseReason::IoError);
                     continue;
                 }
-                match read_available(conn, &mut reader, &mut inbound, node.now_ms()) {
+                let now = node.now_ms();
+                match read_available(conn, &mut reader, &mut inbound, now) {
+                    Ok(true) if rate.exceeded(now, reader.frames(), node.config.max_frames_per_sec) => {
+                        tracing::warn!(conn = conn.id, client = conn.client_id, "closing: too many frames (--max-frames-per-sec)");
+                        conn.close(CloseReason::Violation(close_code::POLICY, "too many frames"));
+                    }
                     Ok(true) => handle_inbound(node, conn, &mut inbound),
                     Ok(false) => conn.close(CloseReason::PeerClosed),
                     Err(_) => conn.close(CloseReason::IoError),
                 }
             }
         }
+    }
+}
+
+/// Frames a socket sent in the current one-second window.
+#[derive(Debug, Default)]
+struct RateWindow {
+    start_ms: u64,
+    frames_at_start: u64,
+}
+
+impl RateWindow {
+    /// Whether `frames` (the running total) exceeds `limit` within the window at `now_ms`.
+    fn exceeded(&mut self, now_ms: u64, frames: u64, limit: u32) -> bool {
+        if now_ms.saturating_sub(self.start_ms) >= 1000 {
+            (self.start_ms, self.frames_at_start) = (now_ms, frames);
+            return false;
+        }
+        frames - self.frames_at_start > u64::from(limit)
     }
 }
 

@@ -61,31 +61,38 @@ struct Plan {
 }
 
 impl Plan {
-    fn write(&mut self, max_queue: usize) {
+    /// Writes every planned group; returns the number of frames handed to sockets.
+    fn write(&mut self, max_queue: usize) -> usize {
+        let mut frames = 0;
         for group in self.groups.drain(..) {
             for conn in &group.targets {
                 conn.send(&group.frames, max_queue);
             }
+            frames += group.targets.len() * group.frames.len();
         }
+        frames
     }
 }
 
 async fn dispatch(node: &Node, batch: &[PubSubMessage]) {
     let commands: Vec<NodeCommand> = batch.iter().filter_map(parse).collect();
+    node.metrics.messages_in(batch.len(), batch.len() - commands.len());
     let members = chan_members(node, &commands).await;
     let mut plan = Plan::default();
     let mut receipts = Vec::new();
+    let mut frames = 0;
     for command in commands {
         match command {
             NodeCommand::ForceOffline(id) => {
-                plan.write(node.config.max_queue_bytes);
+                frames += plan.write(node.config.max_queue_bytes);
                 node.registry.with(id, |conns| conns.iter().for_each(|c| c.close(CloseReason::ForceOffline)));
             }
             NodeCommand::Direct(message) => plan_direct(node, &message, &mut plan, &mut receipts),
             NodeCommand::Chan(message) => plan_chan(node, message, &members, &mut plan),
         }
     }
-    plan.write(node.config.max_queue_bytes);
+    frames += plan.write(node.config.max_queue_bytes);
+    node.metrics.frames_out(frames);
     if let Err(e) = node.client.backend().execute(receipts).await {
         tracing::warn!(error = %e, "could not publish receipts");
     }
@@ -145,6 +152,7 @@ fn plan_direct(node: &Node, message: &DirectMessage, plan: &mut Plan, receipts: 
         let online = sockets_of(node, receiver, message.sender, &mut targets);
         if message.receipt && message.sender != 0 && receiver != message.sender {
             let status = if online { protocol::RECEIPT_DELIVERED } else { protocol::RECEIPT_OFFLINE };
+            node.metrics.receipt(online);
             let receipt = protocol::to_json(&Receipt { content: &message.content, receipt: status });
             node.client.direct_ops(receiver, &[message.sender], &receipt, false, receipts);
         }

@@ -1,13 +1,15 @@
-//! Accepting sockets and the HTTP side of a connection: `/healthz`, and the WebSocket
-//! upgrade of `{path}?token=…` after the token lookup.
+//! Accepting sockets and the HTTP side of a connection: `/healthz`, `/metrics`, and the
+//! WebSocket upgrade of `{path}?token=…` after the operator's limits and the token lookup.
 //!
 //! Everything before the `101` answer happens in a short-lived part of the connection's
 //! task, bounded by [`HANDSHAKE_TIMEOUT`]; its buffers are gone before the socket becomes
 //! long-lived. A request that is not a valid upgrade with a live token gets a plain HTTP
-//! error (400, 401, 404 or 503) and is closed.
+//! error and is closed: 400 (not an upgrade), 401 (token), 403 (origin), 404 (path),
+//! 429 (sockets per client), 431 (head too large), 503 (node full, token store down).
 
 use super::config::HANDSHAKE_TIMEOUT;
 use super::connection::{self, Conn};
+use super::metrics::Refusal;
 use super::{Node, presence, websocket};
 use crate::protocol::{self, TokenValue};
 use bytes::Bytes;
@@ -69,11 +71,13 @@ async fn handle(node: Arc<Node>, mut stream: TcpStream, peer: SocketAddr) {
     if node.shutdown.is_cancelled() {
         conn.close(connection::CloseReason::Shutdown);
     }
+    node.metrics.connected();
     tracing::debug!(conn = id, client = conn.client_id, %peer, "connected");
     Box::pin(presence::online(&node, &conn)).await;
     let reason = connection::serve(&node, &conn, &upgrade.leftover).await;
     node.registry.remove(&conn);
     Box::pin(presence::offline(&node, &conn)).await;
+    node.metrics.disconnected(reason);
     tracing::debug!(conn = id, client = conn.client_id, ?reason, "disconnected");
 }
 
@@ -84,7 +88,7 @@ async fn handshake(node: &Node, stream: &mut TcpStream) -> Option<Upgrade> {
     let mut request = httparse::Request::new(&mut headers);
     let answer = match request.parse(&head) {
         Ok(httparse::Status::Complete(_)) => route(node, &request).await,
-        _ => Err(Reject::BadRequest("malformed HTTP request")),
+        _ => Err(Reply::BadRequest("malformed HTTP request")),
     };
     match answer {
         Ok((key, value)) => {
@@ -92,8 +96,8 @@ async fn handshake(node: &Node, stream: &mut TcpStream) -> Option<Upgrade> {
             stream.write_all(response.as_bytes()).await.ok()?;
             Some(Upgrade { client_id: value.client_id, token_value: value.json, leftover })
         }
-        Err(reject) => {
-            let _ = stream.write_all(reject.response(node).as_bytes()).await;
+        Err(reply) => {
+            let _ = stream.write_all(reply.render(node).as_bytes()).await;
             let _ = stream.shutdown().await;
             None
         }
@@ -110,7 +114,9 @@ async fn read_head(stream: &mut TcpStream) -> Option<(Vec<u8>, Vec<u8>)> {
             return Some((buf, leftover));
         }
         if buf.len() >= MAX_REQUEST_HEAD {
-            let _ = stream.write_all(Reject::TooLarge.plain().as_bytes()).await;
+            let _ = stream
+                .write_all(plain(431, "Request Header Fields Too Large", "request head too large").as_bytes())
+                .await;
             return None;
         }
         let mut chunk = [0u8; 1024];
@@ -127,53 +133,59 @@ struct Admitted {
     client_id: i64,
 }
 
-enum Reject {
+/// Every answer but the upgrade: errors, `/healthz` and `/metrics`.
+enum Reply {
     BadRequest(&'static str),
     Unauthorized(&'static str),
+    Forbidden(&'static str),
     NotFound,
-    TooLarge,
+    TooMany(&'static str),
     Unavailable(&'static str),
     Health,
+    Metrics,
 }
 
-impl Reject {
-    fn status(&self) -> (u16, &'static str, &'static str) {
+impl Reply {
+    /// The HTTP answer. `/healthz` is 503 while the node-channel subscription is down.
+    fn render(&self, node: &Node) -> String {
         match self {
-            Reject::BadRequest(why) => (400, "Bad Request", why),
-            Reject::Unauthorized(why) => (401, "Unauthorized", why),
-            Reject::NotFound => (404, "Not Found", "not found"),
-            Reject::TooLarge => (431, "Request Header Fields Too Large", "request head too large"),
-            Reject::Unavailable(why) => (503, "Service Unavailable", why),
-            Reject::Health => (200, "OK", "ok"),
+            Reply::BadRequest(why) => plain(400, "Bad Request", why),
+            Reply::Unauthorized(why) => plain(401, "Unauthorized", why),
+            Reply::Forbidden(why) => plain(403, "Forbidden", why),
+            Reply::NotFound => plain(404, "Not Found", "not found"),
+            Reply::TooMany(why) => plain(429, "Too Many Requests", why),
+            Reply::Unavailable(why) => plain(503, "Service Unavailable", why),
+            Reply::Health if !*node.live.borrow() => plain(503, "Service Unavailable", "redis subscription down"),
+            Reply::Health => plain(200, "OK", "ok"),
+            Reply::Metrics => {
+                let body = node.metrics.render(node.registry.len(), *node.live.borrow());
+                response(200, "OK", "text/plain; version=0.0.4", &body)
+            }
         }
     }
+}
 
-    fn plain(&self) -> String {
-        let (code, text, body) = self.status();
-        format!(
-            "HTTP/1.1 {code} {text}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}\n",
-            body.len() + 1
-        )
-    }
+/// A plain-text answer whose body is `body` and a newline.
+fn plain(code: u16, text: &str, body: &str) -> String {
+    response(code, text, "text/plain; charset=utf-8", &format!("{body}\n"))
+}
 
-    /// The answer; `/healthz` says 503 instead of 200 while the subscription is down.
-    fn response(&self, node: &Node) -> String {
-        match self {
-            Reject::Health if !*node.live.borrow() => Reject::Unavailable("redis subscription down").plain(),
-            other => other.plain(),
-        }
-    }
+fn response(code: u16, text: &str, content_type: &str, body: &str) -> String {
+    format!(
+        "HTTP/1.1 {code} {text}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
 }
 
 /// Decides what a request gets: the upgrade key and token, or a rejection.
-async fn route<'r>(node: &Node, request: &httparse::Request<'_, 'r>) -> Result<(&'r str, Admitted), Reject> {
+async fn route<'r>(node: &Node, request: &httparse::Request<'_, 'r>) -> Result<(&'r str, Admitted), Reply> {
     let target = request.path.unwrap_or("/");
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    if path == "/healthz" {
-        return Err(Reject::Health);
-    }
-    if path != node.config.path {
-        return Err(Reject::NotFound);
+    match path {
+        "/healthz" => return Err(Reply::Health),
+        "/metrics" => return Err(Reply::Metrics),
+        p if p != node.config.path => return Err(Reply::NotFound),
+        _ => {}
     }
     let header = |name: &str| {
         let found = request.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name));
@@ -185,35 +197,62 @@ async fn route<'r>(node: &Node, request: &httparse::Request<'_, 'r>) -> Result<(
         && header("sec-websocket-version") == "13";
     let key = header("sec-websocket-key");
     if !is_upgrade || key.is_empty() {
-        return Err(Reject::BadRequest("expected a WebSocket upgrade (version 13)"));
+        return Err(Reply::BadRequest("expected a WebSocket upgrade (version 13)"));
+    }
+    let origin = header("origin");
+    let allowed = &node.config.allowed_origins;
+    if !origin.is_empty() && !allowed.is_empty() && !allowed.iter().any(|a| a == origin) {
+        tracing::warn!(origin, "upgrade refused: origin not allowed");
+        node.metrics.refused(Refusal::Origin);
+        return Err(Reply::Forbidden("origin not allowed"));
+    }
+    if node.registry.len() >= node.config.max_connections {
+        tracing::warn!(limit = node.config.max_connections, "upgrade refused: node full (--max-connections)");
+        node.metrics.refused(Refusal::NodeFull);
+        return Err(Reply::Unavailable("node full"));
     }
     let token = query.split('&').find_map(|pair| pair.strip_prefix("token=")).unwrap_or("");
-    if token.is_empty() {
-        return Err(Reject::Unauthorized("missing token"));
+    let admitted = match token {
+        "" => Err(Reply::Unauthorized("missing token")),
+        t if !protocol::is_token_shaped(t) => Err(Reply::Unauthorized("invalid token")),
+        t => admit(node, t).await,
+    };
+    if let Err(Reply::Unauthorized(_)) = admitted {
+        node.metrics.refused(Refusal::Token);
     }
-    if !protocol::is_token_shaped(token) {
-        return Err(Reject::Unauthorized("invalid token"));
+    let admitted = admitted?;
+    let sockets = node.registry.with(admitted.client_id, <[_]>::len).unwrap_or(0);
+    if sockets >= node.config.max_sockets_per_client {
+        let limit = node.config.max_sockets_per_client;
+        tracing::warn!(
+            client = admitted.client_id,
+            limit,
+            "upgrade refused: too many sockets (--max-sockets-per-client)"
+        );
+        node.metrics.refused(Refusal::ClientFull);
+        return Err(Reply::TooMany("too many sockets for this client"));
     }
-    Ok((key, admit(node, token).await?))
+    Ok((key, admitted))
 }
 
 /// Looks the token up (taking it, unless reuse is allowed) and parses its value.
-async fn admit(node: &Node, token: &str) -> Result<Admitted, Reject> {
+async fn admit(node: &Node, token: &str) -> Result<Admitted, Reply> {
     let key = node.client.keys().token(token);
     let single_use = !node.config.allow_token_reuse;
     let json = match node.client.backend().get(&key, single_use).await {
         Ok(Some(json)) => json,
-        Ok(None) => return Err(Reject::Unauthorized("unknown, expired or used token")),
+        Ok(None) => return Err(Reply::Unauthorized("unknown, expired or used token")),
         Err(e) => {
             tracing::warn!(error = %e, "token lookup failed");
-            return Err(Reject::Unavailable("token store unavailable"));
+            node.metrics.refused(Refusal::Unavailable);
+            return Err(Reply::Unavailable("token store unavailable"));
         }
     };
     match serde_json::from_str::<TokenValue>(&json) {
         Ok(value) => Ok(Admitted { client_id: value.client_id, json }),
         Err(e) => {
             tracing::warn!(error = %e, value = %json, "malformed token value");
-            Err(Reject::Unauthorized("malformed token value"))
+            Err(Reply::Unauthorized("malformed token value"))
         }
     }
 }

@@ -13,12 +13,14 @@ pub mod connection;
 mod dispatch;
 mod heartbeat;
 mod listener;
+pub mod metrics;
 mod presence;
 pub mod registry;
 pub mod websocket;
 
 pub use self::config::{ConfigError, GatewayConfig, Settings};
 use self::connection::CloseReason;
+use self::metrics::Metrics;
 use self::registry::Registry;
 use crate::backend::Backend;
 use crate::client::{ImClient, ImClientOptions};
@@ -57,6 +59,7 @@ pub(crate) struct Node {
     /// The business-side client on the same backend: receipts, channel leaves.
     pub(crate) client: ImClient,
     pub(crate) registry: Registry,
+    pub(crate) metrics: Metrics,
     /// Whether the node-channel subscription is established (`/healthz`).
     pub(crate) live: watch::Receiver<bool>,
     /// Cancelled when shutdown starts.
@@ -95,6 +98,7 @@ impl Gateway {
             config,
             client,
             registry: Registry::default(),
+            metrics: Metrics::default(),
             shutdown: CancellationToken::new(),
             connections: TaskTracker::new(),
             next_conn_id: AtomicU64::new(1),
@@ -104,6 +108,7 @@ impl Gateway {
         tasks.spawn(listener::run(node.clone(), listener));
         tasks.spawn(dispatch::run(node.clone(), subscription));
         tasks.spawn(heartbeat::run(node.clone()));
+        tasks.spawn(count_resubscribes(node.clone()));
         tracing::info!(server = %node.config.server, %local_addr, path = %node.config.path, "gateway listening");
         Ok(Gateway { node, local_addr, tasks })
     }
@@ -147,6 +152,28 @@ impl Gateway {
             Err(_) => tracing::warn!(sockets = left, "drain timeout: exiting with sockets still open"),
         }
         left
+    }
+}
+
+/// Counts re-established subscriptions (each `false → true` after the first) and logs them.
+async fn count_resubscribes(node: Arc<Node>) {
+    let mut live = node.live.clone();
+    let mut was_live = *live.borrow_and_update();
+    let mut ever_live = was_live;
+    loop {
+        tokio::select! {
+            changed = live.changed() => if changed.is_err() { return },
+            _ = node.shutdown.cancelled() => return,
+        }
+        let now_live = *live.borrow_and_update();
+        if now_live && !was_live && ever_live {
+            node.metrics.resubscribed();
+        }
+        if now_live != was_live && ever_live {
+            tracing::warn!(live = now_live, "node channel subscription changed");
+        }
+        ever_live |= now_live;
+        was_live = now_live;
     }
 }
 

@@ -80,6 +80,8 @@ pub enum Inbound {
 #[derive(Debug, Default)]
 pub struct FrameReader {
     partial: Vec<u8>,
+    /// Complete frames parsed so far (for the per-socket rate limit).
+    frames: u64,
 }
 
 impl FrameReader {
@@ -87,21 +89,26 @@ impl FrameReader {
     /// first violation. Data frames are checked and skipped: FreeIM ignores inbound content.
     pub fn feed(&mut self, data: &[u8], out: &mut Vec<Inbound>) {
         if self.partial.is_empty() {
-            let used = parse_frames(data, out);
+            let used = parse_frames(data, out, &mut self.frames);
             self.partial.extend_from_slice(&data[used..]);
         } else {
             self.partial.extend_from_slice(data);
-            let used = parse_frames(&self.partial, out);
+            let used = parse_frames(&self.partial, out, &mut self.frames);
             self.partial.drain(..used);
         }
         if self.partial.is_empty() {
             self.partial = Vec::new();
         }
     }
+
+    /// Complete frames parsed so far.
+    pub fn frames(&self) -> u64 {
+        self.frames
+    }
 }
 
-/// Parses whole frames from `buf`; returns how many bytes they used.
-fn parse_frames(buf: &[u8], out: &mut Vec<Inbound>) -> usize {
+/// Parses whole frames from `buf`, counting them in `frames`; returns how many bytes they used.
+fn parse_frames(buf: &[u8], out: &mut Vec<Inbound>, frames: &mut u64) -> usize {
     let mut used = 0;
     while used < buf.len() {
         let mut cursor = Cursor::new(&buf[used..]);
@@ -128,6 +135,7 @@ fn parse_frames(buf: &[u8], out: &mut Vec<Inbound>) -> usize {
             break;
         }
         used = end;
+        *frames += 1;
         let unmasked = || {
             let mut payload = buf[start..end].to_vec();
             apply_mask(&mut payload, mask);

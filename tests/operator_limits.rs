@@ -1,0 +1,133 @@
+//! Limits an operator sets, and `/metrics`: each limit is hit and answered as documented.
+
+mod common;
+use common::*;
+use freeim::backend::{Backend, MemoryBackend};
+use freeim::{Error, ImClient, ImClientOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+/// A plain HTTP/1.1 GET; returns the status code and the body.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.unwrap();
+    let status = text[9..12].parse().unwrap();
+    (status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
+}
+
+/// Connects with an `Origin` header; `Err(status)` on an HTTP refusal.
+async fn connect_from(url: &str, origin: &str) -> Result<Ws, u16> {
+    let mut request = url.into_client_request().unwrap();
+    request.headers_mut().insert("Origin", origin.parse().unwrap());
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((stream, _)) => Ok(Ws { stream }),
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+both!(connections_beyond_the_node_limit_get_503, |kind| async move {
+    let cluster = Cluster::start_with(kind, 1, |c| c.max_connections = 2).await;
+    let _a = cluster.connect(1).await;
+    let _b = cluster.connect(2).await;
+    let url = cluster.im.prev_connect_server(3, None).await.unwrap();
+    assert_eq!(Ws::connect(&url).await.err(), Some(503));
+    let (_, metrics) = http_get(cluster.nodes[0].local_addr(), "/metrics").await;
+    assert!(metrics.contains("freeim_refused_total{reason=\"node_full\"} 1\n"), "{metrics}");
+    cluster.shutdown().await;
+});
+
+both!(sockets_beyond_the_per_client_limit_get_429, |kind| async move {
+    let cluster = Cluster::start_with(kind, 1, |c| c.max_sockets_per_client = 2).await;
+    let _a = cluster.connect(7).await;
+    let _b = cluster.connect(7).await;
+    let url = cluster.im.prev_connect_server(7, None).await.unwrap();
+    assert_eq!(Ws::connect(&url).await.err(), Some(429));
+    let _other = cluster.connect(8).await;
+    cluster.shutdown().await;
+});
+
+both!(a_socket_sending_too_many_frames_is_closed_with_1008, |kind| async move {
+    let cluster = Cluster::start_with(kind, 1, |c| c.max_frames_per_sec = 5).await;
+    let mut calm = cluster.connect(1).await;
+    let mut noisy = cluster.connect(2).await;
+    for _ in 0..3 {
+        calm.send_text("x").await;
+    }
+    for _ in 0..50 {
+        noisy.send_text("x").await;
+    }
+    assert_eq!(noisy.expect_close().await, (1008, "too many frames".to_owned()));
+    cluster.im.send_message(0, &[1], "still here", false).await.unwrap();
+    assert_eq!(calm.recv_text().await, "\"still here\"");
+    cluster.shutdown().await;
+});
+
+both!(origins_outside_the_allowed_list_get_403, |kind| async move {
+    let cluster =
+        Cluster::start_with(kind, 1, |c| c.allowed_origins = vec!["https://chat.example.com".to_owned()]).await;
+    let url = cluster.im.prev_connect_server(1, None).await.unwrap();
+    assert_eq!(connect_from(&url, "https://evil.example.com").await.err(), Some(403));
+    // The refused attempt did not use the token up.
+    assert!(connect_from(&url, "https://chat.example.com").await.is_ok());
+    // Non-browser clients send no Origin and pass.
+    let _plain = cluster.connect(2).await;
+    cluster.shutdown().await;
+});
+
+#[tokio::test]
+async fn messages_over_the_business_side_limit_are_refused_unsent() {
+    let backend = MemoryBackend::new();
+    let options = ImClientOptions { max_message_bytes: 16, ..ImClientOptions::new(["127.0.0.1:6001"]) };
+    let im = ImClient::new(Backend::Memory(backend.clone()), options).unwrap();
+    let mut sub = Backend::Memory(backend).subscribe(vec!["im_v2_wsServer127.0.0.1:6001".to_owned()]);
+    let err = im.send_message(1, &[2], "a message of 30 characters...", false).await.unwrap_err();
+    assert!(matches!(err, Error::MessageTooLarge { size: 31, limit: 16 }), "{err}");
+    assert!(matches!(im.send_chan_message(1, "c", &"x".repeat(15)).await, Err(Error::MessageTooLarge { .. })));
+    im.send_message(1, &[2], "fits", false).await.unwrap();
+    let first = sub.messages.recv().await.unwrap();
+    assert_eq!(&first.payload[..], br#"{"Item1":1,"Item2":[2],"Item3":"\"fits\"","Item4":false}"#);
+}
+
+both!(metrics_count_what_happened, |kind| async move {
+    let cluster = Cluster::start(kind, 1).await;
+    let mut a = cluster.connect(1).await;
+    let b = cluster.connect(2).await;
+    cluster.im.send_message(2, &[1, 3], "m", true).await.unwrap();
+    assert_eq!(a.recv_text().await, "\"m\"");
+    let receipt = tokio::time::timeout(WAIT, async {
+        let mut b = b;
+        let text = b.recv_text().await;
+        b.close().await;
+        text
+    })
+    .await
+    .unwrap();
+    assert!(receipt.contains("发送成功") || receipt.contains("用户不在线"), "{receipt}");
+    let addr = cluster.nodes[0].local_addr();
+    eventually(|| async {
+        http_get(addr, "/metrics").await.1.contains("freeim_disconnects_total{reason=\"closed\"} 1\n")
+    })
+    .await;
+    let (status, metrics) = http_get(addr, "/metrics").await;
+    assert_eq!(status, 200);
+    for line in [
+        "freeim_connections 1",
+        "freeim_connects_total 2",
+        "freeim_redis_subscription_up 1",
+        "freeim_receipts_total{status=\"delivered\"} 1",
+        "freeim_receipts_total{status=\"offline\"} 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "missing {line:?} in\n{metrics}");
+    }
+    // Two frames out: the message to 1, and the first receipt to 2 (the second receipt may
+    // still be on its way when 2 closes); at least three messages in.
+    let count = |name: &str| -> u64 {
+        metrics.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse().ok()).unwrap()
+    };
+    assert!(count("freeim_frames_out_total ") >= 2);
+    assert!(count("freeim_messages_in_total ") >= 3);
+    cluster.shutdown().await;
+});
