@@ -3,6 +3,7 @@
 //! Each subcommand lives in its own file and returns `anyhow::Result`; any error (a bad
 //! flag, a taken port, an unreachable Redis) is printed as one line and exits non-zero.
 
+mod bench;
 mod ctl;
 mod server;
 
@@ -23,6 +24,8 @@ enum Command {
     Server(server::ServerArgs),
     /// Operate a live cluster through Redis: connect URLs, sends, presence, channels.
     Ctl(ctl::CtlArgs),
+    /// Load-test gateway nodes (connect, fanout, p2p) against a raw baseline server.
+    Bench(bench::BenchArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -38,6 +41,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Server(args)) => server::run(args),
         Some(Command::Ctl(args)) => runtime(Some(1)).and_then(|rt| rt.block_on(ctl::run(args))),
+        Some(Command::Bench(args)) => bench::run(args),
         None => {
             use clap::CommandFactory;
             let _ = Cli::command().print_help();

@@ -1,0 +1,176 @@
+//! What `freeim bench all` starts for itself: a private `redis-server`, gateway nodes
+//! (`freeim server`, this very binary) and raw baseline servers, each on free ports, each a
+//! child process that is killed when its handle is dropped.
+
+use anyhow::{Context, bail};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a child may take to start serving.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A free TCP port on 127.0.0.1 (bound and released; the race window is tiny).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A child process killed on drop.
+pub struct Proc {
+    child: Child,
+}
+
+impl Proc {
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Where children write their logs (`$TMPDIR/freeim-bench-PID/`).
+pub fn log_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("freeim-bench-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    dir
+}
+
+fn log_file(name: &str) -> Stdio {
+    match std::fs::File::create(log_dir().join(name)) {
+        Ok(f) => Stdio::from(f),
+        Err(_) => Stdio::null(),
+    }
+}
+
+fn wait_until(what: &str, mut ready: impl FnMut() -> bool, child: &mut Child) -> anyhow::Result<()> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    while !ready() {
+        if let Ok(Some(status)) = child.try_wait() {
+            bail!("{what} exited at start ({status}); see {}", log_dir().display());
+        }
+        if Instant::now() > deadline {
+            bail!("{what} did not start within {START_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// A private Redis (never the system one on 6379): no persistence.
+pub struct Redis {
+    /// Its process.
+    pub proc: Proc,
+    /// Its URL.
+    pub url: String,
+}
+
+impl Redis {
+    /// Starts `redis-server` on a free port.
+    pub fn start() -> anyhow::Result<Redis> {
+        let port = free_port()?;
+        let mut child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--maxclients", "10000"])
+            .stdout(log_file(&format!("redis-{port}.log")))
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start redis-server (is it installed?)")?;
+        wait_until("redis-server", || TcpStream::connect(("127.0.0.1", port)).is_ok(), &mut child)?;
+        Ok(Redis { proc: Proc { child }, url: format!("redis://127.0.0.1:{port}/0") })
+    }
+}
+
+/// Gateway nodes (`freeim server`) sharing one Redis.
+pub struct Nodes {
+    /// The processes, in node order.
+    pub procs: Vec<Proc>,
+    /// Node names (`127.0.0.1:PORT`), in routing order.
+    pub names: Vec<String>,
+}
+
+impl Nodes {
+    /// Starts `k` nodes on free ports; returns when each says `/healthz` 200.
+    pub fn start(k: usize, redis: &str) -> anyhow::Result<Nodes> {
+        let exe = std::env::current_exe()?;
+        let names: Vec<String> =
+            (0..k).map(|_| free_port().map(|p| format!("127.0.0.1:{p}"))).collect::<anyhow::Result<_>>()?;
+        let mut procs = Vec::new();
+        for name in &names {
+            let mut child = Command::new(&exe)
+                .args(["server", "--redis", redis, "--server", name, "--servers", &names.join(",")])
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(log_file(&format!("node-{}.log", name.replace(':', "-"))))
+                .spawn()
+                .context("cannot start a gateway node")?;
+            let addr: SocketAddr = name.parse()?;
+            wait_until(&format!("node {name}"), || healthy(addr), &mut child)?;
+            procs.push(Proc { child });
+        }
+        Ok(Nodes { procs, names })
+    }
+
+    /// Process ids, in node order.
+    pub fn pids(&self) -> Vec<u32> {
+        self.procs.iter().map(Proc::pid).collect()
+    }
+}
+
+/// `GET /healthz` answers 200 (the node is subscribed to its channel).
+fn healthy(addr: SocketAddr) -> bool {
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else { return false };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    if stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut answer = [0u8; 12];
+    stream.read_exact(&mut answer).is_ok() && answer.starts_with(b"HTTP/1.1 200")
+}
+
+/// Raw baseline servers (`freeim bench raw-server`).
+pub struct RawServers {
+    /// The processes, in node order.
+    pub procs: Vec<Proc>,
+    /// WebSocket addresses (`127.0.0.1:PORT`), in routing order.
+    pub names: Vec<String>,
+    /// Control addresses, in the same order.
+    pub controls: Vec<SocketAddr>,
+}
+
+impl RawServers {
+    /// Starts `k` raw servers on free ports.
+    pub fn start(k: usize) -> anyhow::Result<RawServers> {
+        let exe = std::env::current_exe()?;
+        let mut servers = RawServers { procs: Vec::new(), names: Vec::new(), controls: Vec::new() };
+        for _ in 0..k {
+            let (ws, control) = (free_port()?, free_port()?);
+            let name = format!("127.0.0.1:{ws}");
+            let control: SocketAddr = format!("127.0.0.1:{control}").parse()?;
+            let mut child = Command::new(&exe)
+                .args(["bench", "raw-server", "--listen", &name, "--control", &control.to_string()])
+                .stdout(Stdio::null())
+                .stderr(log_file(&format!("raw-{ws}.log")))
+                .spawn()
+                .context("cannot start a raw server")?;
+            let addr: SocketAddr = name.parse()?;
+            wait_until("raw server", || TcpStream::connect(addr).is_ok(), &mut child)?;
+            servers.procs.push(Proc { child });
+            servers.names.push(name);
+            servers.controls.push(control);
+        }
+        Ok(servers)
+    }
+
+    /// Process ids, in node order.
+    pub fn pids(&self) -> Vec<u32> {
+        self.procs.iter().map(Proc::pid).collect()
+    }
+}

@@ -1,0 +1,38 @@
+//! The bench's messages: a sequence number and the publish time, padded to a fixed size.
+//!
+//! The publisher hands the text to [`freeim::ImClient`] (or to the raw baseline), which
+//! serializes it as a JSON string; so the frame a socket receives is `"SEQ TS_NS xxx…"`,
+//! quotes included, and the receiver reads the time back from there.
+
+/// Size of the message text (the notes' figures use 100-byte payloads).
+pub const MESSAGE_LEN: usize = 100;
+
+/// The text of message `seq`, stamped `ts_ns` (ns since the Unix epoch).
+pub fn message(seq: u64, ts_ns: u64) -> String {
+    let mut text = format!("{seq} {ts_ns} ");
+    while text.len() < MESSAGE_LEN {
+        text.push('x');
+    }
+    text
+}
+
+/// The stamp of a received frame payload (`"SEQ TS …"`), if it is one of ours.
+pub fn stamp(frame: &[u8]) -> Option<(u64, u64)> {
+    let mut fields = frame.strip_prefix(b"\"")?.split(|b| *b == b' ');
+    let number = |f: &[u8]| std::str::from_utf8(f).ok()?.parse::<u64>().ok();
+    Some((number(fields.next()?)?, number(fields.next()?)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_survive_json_serialization() {
+        let text = message(42, 1_700_000_000_123_456_789);
+        assert_eq!(text.len(), MESSAGE_LEN);
+        let frame = freeim::protocol::to_json(text.as_str());
+        assert_eq!(stamp(frame.as_bytes()), Some((42, 1_700_000_000_123_456_789)));
+        assert_eq!(stamp(b"\"nope\""), None);
+    }
+}

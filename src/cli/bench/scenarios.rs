@@ -1,0 +1,388 @@
+//! The three measurements: `connect`, `fanout` and `p2p`, against our gateways or the raw
+//! baseline. Each opens its own sockets in fresh workers, measures, and returns one
+//! [`Record`]; the workers (and their sockets) go away with it.
+
+use super::payload;
+use super::pool::{MAX_PER_WORKER, Pool, Progress};
+use super::publish::{Audience, Publisher};
+use super::report::Record;
+use super::stats::{CpuProbe, Hist, Percentiles, RssSampler, now_ns, rss_sum_kib};
+use super::worker::{FromWorker, TargetSpec, ToWorker};
+use anyhow::bail;
+use freeim::{ImClient, ImClientOptions};
+use futures_util::StreamExt;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// The channel the fan-out sockets join.
+pub const BENCH_CHAN: &str = "bench";
+/// Sends in flight at once when publishing back to back.
+const SEND_WINDOW: usize = 1024;
+/// Handshakes in flight at once (over all workers) when connecting without pacing.
+pub const DEFAULT_INFLIGHT: usize = 512;
+/// A delivery wait ends when nothing new arrived for this long (the rest is missing).
+const STALL: Duration = Duration::from_secs(5);
+/// Progress lines on stderr, at most this often.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// Messages of the p2p warm-up (every one must arrive before measuring).
+const P2P_WARMUP: u64 = 200;
+
+/// What is measured: our gateways (through Redis) or raw servers.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// `freeim` or `raw`: the label in reports.
+    pub label: String,
+    /// Where the workers connect.
+    pub spec: TargetSpec,
+    /// Raw servers' control addresses (node order); empty for our gateways.
+    pub controls: Vec<SocketAddr>,
+    /// Server processes whose RSS and CPU are reported.
+    pub watch: Vec<u32>,
+    /// Redis process, when known, for its CPU.
+    pub redis_pid: Option<u32>,
+    /// Workers to use at least (more when the socket count needs them).
+    pub min_workers: usize,
+}
+
+impl Target {
+    fn is_raw(&self) -> bool {
+        self.spec.redis.is_none()
+    }
+
+    fn im(&self) -> anyhow::Result<ImClient> {
+        let redis = self.spec.redis.as_deref().unwrap_or_default();
+        let options = ImClientOptions { path: self.spec.path.clone(), ..ImClientOptions::new(self.spec.nodes.clone()) };
+        Ok(ImClient::connect(redis, options)?)
+    }
+
+    async fn publisher(&self) -> anyhow::Result<Publisher> {
+        if self.is_raw() { Publisher::raw(&self.controls).await } else { Ok(Publisher::ours(self.im()?)) }
+    }
+
+    fn cpu_probe(&self, pool: &Pool) -> CpuProbe {
+        let mut generator = pool.pids();
+        generator.push(std::process::id());
+        let mut groups = vec![("server".to_owned(), self.watch.clone()), ("generator".to_owned(), generator)];
+        if let Some(pid) = self.redis_pid {
+            groups.push(("redis".to_owned(), vec![pid]));
+        }
+        CpuProbe::start(groups)
+    }
+}
+
+/// Sockets opened by [`open`].
+struct Opened {
+    pool: Pool,
+    ok: u64,
+    failed: u64,
+    errors: Vec<String>,
+    handshake: Hist,
+    first_ns: u64,
+    last_ns: u64,
+    cpu: Vec<(String, f64)>,
+}
+
+fn progress_line(scenario: &str, text: String) {
+    eprintln!("  [{scenario}] {text}");
+}
+
+/// Opens `n` sockets (client ids `1..=n`) at `rate` per second (0: as fast as `inflight`
+/// concurrent handshakes go), spread over enough workers.
+async fn open(target: &Target, scenario: &str, n: u64, rate: f64, inflight: usize) -> anyhow::Result<Opened> {
+    let workers = (n.div_ceil(MAX_PER_WORKER) as usize).max(target.min_workers).max(1);
+    let mut pool = Pool::spawn(workers)?;
+    // Source addresses 127.A.B.x: A per worker, B changes between runs (TIME_WAIT).
+    let salt = ((now_ns() / 1_000_000_000) % 250) as u8;
+    let per = n / workers as u64;
+    for w in 0..workers {
+        let count = if w + 1 == workers { n - per * w as u64 } else { per };
+        let first = 1 + (per * w as u64) as i64;
+        let net = [(10 + w % 240) as u8, salt];
+        pool.send(w, &ToWorker::Prepare { target: target.spec.clone(), first, count, net })?;
+    }
+    let ready = pool.expect("tokens", Duration::from_secs(300), |m| matches!(m, FromWorker::Ready { .. })).await?;
+    let token_failures: u64 =
+        ready.iter().map(|m| if let FromWorker::Ready { failed } = m { *failed } else { 0 }).sum();
+    if token_failures > 0 {
+        bail!("{token_failures} tokens could not be issued (is Redis reachable?)");
+    }
+    let at_ns = now_ns() + 300_000_000;
+    let share = workers as f64;
+    let per_inflight = (inflight / workers).max(1);
+    pool.send_all(&ToWorker::Start { at_ns, rate: rate / share, inflight: per_inflight })?;
+    let cpu = target.cpu_probe(&pool);
+    let connected = loop {
+        if let Some(done) = pool.gather(PROGRESS_EVERY, |m| matches!(m, FromWorker::Connected { .. })).await? {
+            break done;
+        }
+        let p = pool.progress().await?;
+        progress_line(scenario, format!("{} / {n} connected, {} failed", p.connected, p.failed));
+    };
+    let cpu = cpu.stop();
+    let mut opened = Opened {
+        pool,
+        ok: 0,
+        failed: 0,
+        errors: Vec::new(),
+        handshake: Hist::default(),
+        first_ns: u64::MAX,
+        last_ns: 0,
+        cpu,
+    };
+    for msg in connected {
+        if let FromWorker::Connected { ok, failed, errors, handshake, first_ns, last_ns } = msg {
+            opened.ok += ok;
+            opened.failed += failed;
+            opened.errors.extend(errors);
+            opened.handshake.merge(&Hist::from_wire(&handshake));
+            opened.first_ns = opened.first_ns.min(first_ns);
+            opened.last_ns = opened.last_ns.max(last_ns);
+        }
+    }
+    progress_line(scenario, format!("{} connected, {} failed", opened.ok, opened.failed));
+    Ok(opened)
+}
+
+/// `connect`: opens `n` sockets at `rate` and holds them `hold`; connects/s, handshake
+/// latency, failures, and the servers' RSS per connection (idle RSS subtracted).
+pub async fn connect(target: &Target, n: u64, rate: f64, inflight: usize, hold: Duration) -> anyhow::Result<Record> {
+    let idle = rss_sum_kib(&target.watch);
+    let opened = open(target, "connect", n, rate, inflight).await?;
+    tokio::time::sleep(hold).await;
+    let loaded = rss_sum_kib(&target.watch);
+    let mut pool = opened.pool;
+    let progress = pool.progress().await?;
+    let secs = (opened.last_ns.saturating_sub(opened.first_ns)) as f64 / 1e9;
+    let mut record = Record::new("connect", &target.label);
+    record.nodes = target.spec.nodes.len();
+    record.size = n;
+    record.rate = rate;
+    record.ok = Some(opened.ok);
+    record.failed = Some(opened.failed + progress.closed);
+    record.errors = opened.errors;
+    record.connects_per_s = Some(opened.ok as f64 / secs.max(1e-9));
+    record.handshake = Some(Percentiles::from(&opened.handshake));
+    record.rss_idle_kib = Some(idle);
+    record.rss_loaded_kib = Some(loaded);
+    if opened.ok > 0 {
+        record.rss_per_conn_bytes = Some(loaded.saturating_sub(idle) as f64 * 1024.0 / opened.ok as f64);
+    }
+    record.cpu = opened.cpu;
+    record.elapsed_s = secs;
+    Ok(record)
+}
+
+/// Waits until `expected` messages were received (or nothing arrives for [`STALL`]).
+async fn wait_deliveries(pool: &mut Pool, scenario: &str, expected: u64) -> anyhow::Result<Progress> {
+    let mut last = Progress::default();
+    let mut last_change = Instant::now();
+    let mut last_print = Instant::now();
+    loop {
+        let p = pool.progress().await?;
+        if p.received != last.received {
+            last_change = Instant::now();
+        }
+        last = p;
+        if p.received >= expected || last_change.elapsed() > STALL {
+            return Ok(p);
+        }
+        if last_print.elapsed() >= PROGRESS_EVERY {
+            progress_line(scenario, format!("{} / {expected} delivered", p.received));
+            last_print = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sums the workers' delivery reports: (received, latency, last receive ns).
+async fn deliveries(pool: &mut Pool) -> anyhow::Result<(u64, Hist, u64)> {
+    pool.send_all(&ToWorker::Report)?;
+    let reports =
+        pool.expect("deliveries", Duration::from_secs(30), |m| matches!(m, FromWorker::Deliveries { .. })).await?;
+    let (mut received, mut latency, mut last) = (0, Hist::default(), 0);
+    for report in reports {
+        if let FromWorker::Deliveries { received: r, latency: l, last_ns, .. } = report {
+            received += r;
+            latency.merge(&Hist::from_wire(&l));
+            last = last.max(last_ns);
+        }
+    }
+    Ok((received, latency, last))
+}
+
+/// Sends `count` messages at `rate` per second (0: back to back), picking each audience
+/// with `audience(seq)`; returns the wall time of the first send and the send failures.
+async fn publish(
+    publisher: &mut Publisher,
+    count: u64,
+    rate: f64,
+    first_seq: u64,
+    mut audience: impl FnMut(u64) -> Audience,
+) -> (u64, u64) {
+    let start = Instant::now();
+    let first_ns = now_ns();
+    for i in 0..count {
+        if rate > 0.0 {
+            let due = start + Duration::from_secs_f64(i as f64 / rate);
+            if due > Instant::now() {
+                publisher.idle_until(due).await;
+            }
+        }
+        let seq = first_seq + i;
+        let text = payload::message(seq, now_ns());
+        publisher.send(&audience(seq), &text, SEND_WINDOW, rate > 0.0).await;
+    }
+    (first_ns, publisher.finish().await)
+}
+
+/// Seconds from the first publish to the last receive; when paced, at least the time the
+/// schedule itself takes (`messages / rate`), so a rate is not overstated by the first
+/// and last message being one interval short of it.
+fn window(first_ns: u64, last_ns: u64, messages: u64, rate: f64) -> f64 {
+    let measured = last_ns.saturating_sub(first_ns) as f64 / 1e9;
+    if rate > 0.0 { measured.max(messages as f64 / rate) } else { measured }
+}
+
+/// Settings of a fan-out run.
+#[derive(Debug, Clone, Copy)]
+pub struct Fanout {
+    /// Sockets in the channel.
+    pub sockets: u64,
+    /// Messages published.
+    pub messages: u64,
+    /// Messages per second; 0 for back to back.
+    pub rate: f64,
+    /// A broadcast (`ChanMessage` with a null channel) instead of a channel message.
+    pub broadcast: bool,
+}
+
+/// `fanout`: `sockets` in one channel (or all, for a broadcast) get `messages`.
+pub async fn fanout(target: &Target, f: Fanout) -> anyhow::Result<Record> {
+    let name = match (f.rate > 0.0, f.broadcast) {
+        (false, false) => "fanout-burst",
+        (false, true) => "broadcast-burst",
+        (true, false) => "fanout-paced",
+        (true, true) => "broadcast-paced",
+    };
+    let opened = open(target, name, f.sockets, 0.0, DEFAULT_INFLIGHT).await?;
+    let mut pool = opened.pool;
+    let audience = Audience::Chan((!f.broadcast).then(|| BENCH_CHAN.to_owned()));
+    if !f.broadcast && !target.is_raw() {
+        join_all(&target.im()?, f.sockets).await?;
+    }
+    let mut publisher = target.publisher().await?;
+    // Warm-up: one message that every socket must get before measuring.
+    publish(&mut publisher, 1, 0.0, 0, |_| audience.clone()).await;
+    let warm = wait_deliveries(&mut pool, name, f.sockets).await?;
+    if warm.received < f.sockets {
+        bail!("warm-up: only {} of {} sockets got the first message", warm.received, f.sockets);
+    }
+    pool.send_all(&ToWorker::Reset)?;
+    let _ = pool.progress().await?; // the reset is done once the poll after it is answered
+    let before = rss_sum_kib(&target.watch);
+    let sampler = RssSampler::start(target.watch.clone());
+    let cpu = target.cpu_probe(&pool);
+    let (first_ns, send_errors) = publish(&mut publisher, f.messages, f.rate, 1, |_| audience.clone()).await;
+    let expected = f.sockets * f.messages;
+    wait_deliveries(&mut pool, name, expected).await?;
+    let (received, latency, last_ns) = deliveries(&mut pool).await?;
+    let cpu = cpu.stop();
+    let peak = sampler.stop();
+    let secs = window(first_ns, last_ns, f.messages, f.rate);
+    let mut record = Record::new(name, &target.label);
+    record.nodes = target.spec.nodes.len();
+    record.size = f.sockets;
+    record.messages = Some(f.messages);
+    record.rate = f.rate;
+    record.delivered = Some(received);
+    record.expected = Some(expected);
+    record.missing = Some(expected.saturating_sub(received));
+    record.send_errors = Some(send_errors);
+    record.deliveries_per_s = Some(received as f64 / secs.max(1e-9));
+    record.latency = Some(Percentiles::from(&latency));
+    record.rss_loaded_kib = Some(before);
+    record.rss_peak_kib = Some(peak);
+    record.cpu = cpu;
+    record.elapsed_s = secs;
+    Ok(record)
+}
+
+/// Makes clients `1..=n` members of [`BENCH_CHAN`] (pipelined).
+async fn join_all(im: &ImClient, n: u64) -> anyhow::Result<()> {
+    let results: Vec<freeim::Result<()>> = futures_util::stream::iter(1..=n as i64)
+        .map(|id| {
+            let im = im.clone();
+            async move { im.join_chan(id, &[BENCH_CHAN]).await }
+        })
+        .buffer_unordered(SEND_WINDOW)
+        .collect()
+        .await;
+    let failed = results.iter().filter(|r| r.is_err()).count();
+    if failed > 0 {
+        bail!("{failed} clients could not join the bench channel");
+    }
+    Ok(())
+}
+
+/// A small, fast, seeded generator for picking pairs (reproducible runs).
+struct XorShift(u64);
+
+impl XorShift {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+
+    /// A (sender, receiver) pair of distinct ids in `1..=n`.
+    fn pair(&mut self, n: u64) -> Audience {
+        let sender = 1 + self.below(n);
+        let receiver = 1 + (sender - 1 + 1 + self.below(n - 1)) % n;
+        Audience::Direct { sender: sender as i64, receiver: receiver as i64 }
+    }
+}
+
+/// `p2p`: `clients` over the target's nodes; `messages` direct messages between random
+/// pairs at `rate` per second (0: as fast as possible).
+pub async fn p2p(target: &Target, clients: u64, messages: u64, rate: f64) -> anyhow::Result<Record> {
+    if clients < 2 {
+        bail!("p2p needs at least 2 clients");
+    }
+    let name = if rate > 0.0 { "p2p-paced" } else { "p2p-max" };
+    let opened = open(target, name, clients, 0.0, DEFAULT_INFLIGHT).await?;
+    let mut pool = opened.pool;
+    let mut publisher = target.publisher().await?;
+    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+    publish(&mut publisher, P2P_WARMUP, 0.0, 0, |_| rng.pair(clients)).await;
+    let warm = wait_deliveries(&mut pool, name, P2P_WARMUP).await?;
+    if warm.received < P2P_WARMUP {
+        bail!("warm-up: only {} of {P2P_WARMUP} messages arrived", warm.received);
+    }
+    pool.send_all(&ToWorker::Reset)?;
+    let _ = pool.progress().await?;
+    let sampler = RssSampler::start(target.watch.clone());
+    let cpu = target.cpu_probe(&pool);
+    let (first_ns, send_errors) = publish(&mut publisher, messages, rate, 1, |_| rng.pair(clients)).await;
+    wait_deliveries(&mut pool, name, messages).await?;
+    let (received, latency, last_ns) = deliveries(&mut pool).await?;
+    let cpu = cpu.stop();
+    let peak = sampler.stop();
+    let secs = window(first_ns, last_ns, messages, rate);
+    let mut record = Record::new(name, &target.label);
+    record.nodes = target.spec.nodes.len();
+    record.size = clients;
+    record.messages = Some(messages);
+    record.rate = rate;
+    record.delivered = Some(received);
+    record.expected = Some(messages);
+    record.missing = Some(messages.saturating_sub(received));
+    record.send_errors = Some(send_errors);
+    record.deliveries_per_s = Some(received as f64 / secs.max(1e-9));
+    record.latency = Some(Percentiles::from(&latency));
+    record.rss_peak_kib = Some(peak);
+    record.cpu = cpu;
+    record.elapsed_s = secs;
+    Ok(record)
+}
