@@ -5,6 +5,7 @@
 
 mod bench;
 mod ctl;
+mod demo;
 mod server;
 
 use clap::{Parser, Subcommand};
@@ -12,10 +13,13 @@ use std::process::ExitCode;
 
 /// FreeIM-compatible instant-messaging gateway.
 #[derive(Debug, Parser)]
-#[command(name = "freeim", version, about, long_about = None)]
+#[command(name = "freeim", version, about, long_about = None, args_conflicts_with_subcommands = true)]
+#[command(after_help = "Without a command: a gateway and the demo chat in one process, no Redis needed.")]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    #[command(flatten)]
+    quick: demo::QuickArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -26,6 +30,8 @@ enum Command {
     Ctl(ctl::CtlArgs),
     /// Load-test gateway nodes (connect, fanout, p2p) against a raw baseline server.
     Bench(bench::BenchArgs),
+    /// Serve the demo chat and FreeIM's demo routes against a running cluster.
+    Demo(demo::DemoArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -42,11 +48,8 @@ pub fn main() -> ExitCode {
         Some(Command::Server(args)) => server::run(args),
         Some(Command::Ctl(args)) => runtime(Some(1)).and_then(|rt| rt.block_on(ctl::run(args))),
         Some(Command::Bench(args)) => bench::run(args),
-        None => {
-            use clap::CommandFactory;
-            let _ = Cli::command().print_help();
-            return ExitCode::from(2);
-        }
+        Some(Command::Demo(args)) => demo::run(args),
+        None => demo::run_all_in_one(cli.quick),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
