@@ -86,8 +86,9 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
         None => Settings::default(),
     };
     let (redis, config) = args.settings().or(file).resolve()?;
-    let backend = Backend::Redis(RedisBackend::open(&redis)?);
     super::runtime(args.threads)?.block_on(async {
+        // Inside the runtime: opening the Redis connection manager spawns its tasks.
+        let backend = Backend::Redis(RedisBackend::open(&redis)?);
         let gateway = Gateway::start(config, backend).await?;
         wait_for_signal().await?;
         let left = gateway.shutdown().await;
