@@ -83,6 +83,19 @@ impl Keys {
     pub fn list_chan(&self) -> &str {
         &self.list_chan
     }
+    /// `{P}NodeSockets{server}` (ours, not FreeIM's): socket id → token value, one entry
+    /// per socket the node holds, so its presence can be undone if it dies.
+    pub fn node_sockets(&self, server: &str) -> String {
+        format!("{}NodeSockets{server}", self.prefix)
+    }
+    /// `{P}NodeLease{server}` (ours): exists, with a TTL, while the node is alive.
+    pub fn node_lease(&self, server: &str) -> String {
+        format!("{}NodeLease{server}", self.prefix)
+    }
+    /// `{P}NodeCleanup{server}` (ours): held by the one node cleaning up after a dead one.
+    pub fn node_cleanup(&self, server: &str) -> String {
+        format!("{}NodeCleanup{server}", self.prefix)
+    }
 }
 
 /// The node that owns a client: `servers[id mod len]`.
@@ -284,6 +297,9 @@ mod tests {
         assert_eq!(k.chan("room"), "im_v2_wsChanroom");
         assert_eq!(k.client(-7), "im_v2_wsClient-7");
         assert_eq!(k.list_chan(), "im_v2_wsListChan");
+        assert_eq!(k.node_sockets("h:1"), "im_v2_wsNodeSocketsh:1");
+        assert_eq!(k.node_lease("h:1"), "im_v2_wsNodeLeaseh:1");
+        assert_eq!(k.node_cleanup("h:1"), "im_v2_wsNodeCleanuph:1");
         assert_eq!(Keys::new("/chat/ws").prefix(), "im_v2_chat_ws");
     }
 

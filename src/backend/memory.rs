@@ -77,7 +77,18 @@ impl State {
                     }
                 }
             }
-            Script::OnlineDecr => {
+            Script::SocketOpen => {
+                let sockets = self.hash(key(1));
+                if sockets.contains_key(arg(1)) {
+                    return Ok(-1);
+                }
+                sockets.insert(arg(1).to_owned(), arg(2).to_owned());
+                return self.hincrby(key(0), arg(0), 1);
+            }
+            Script::SocketClose => {
+                if !self.hdel(key(1), arg(1)) {
+                    return Ok(-1);
+                }
                 let count = self.hincrby(key(0), arg(0), -1)?;
                 if count <= 0 {
                     self.hdel(key(0), arg(0));
@@ -161,6 +172,16 @@ impl MemoryBackend {
         Ok(())
     }
 
+    pub(super) async fn set_nx_ex(&self, key: &str, value: &str, ttl_secs: u64) -> Result<bool, BackendError> {
+        let now = Instant::now();
+        let mut state = self.state();
+        if state.strings.get(key).is_some_and(|(_, deadline)| *deadline > now) {
+            return Ok(false);
+        }
+        state.strings.insert(key.to_owned(), (value.to_owned(), now + Duration::from_secs(ttl_secs)));
+        Ok(true)
+    }
+
     pub(super) async fn get(&self, key: &str, delete: bool) -> Result<Option<String>, BackendError> {
         let mut state = self.state();
         let live = match state.strings.get(key) {
@@ -205,6 +226,7 @@ impl MemoryBackend {
         // The in-process broker cannot be lost: live from the start, and for good (a watch
         // receiver keeps its last value after the sender is gone).
         let (_, live) = watch::channel(true);
-        Subscription { messages, live }
+        let (_, epoch) = watch::channel(1);
+        Subscription { messages, live, epoch }
     }
 }

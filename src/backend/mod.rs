@@ -47,12 +47,16 @@ pub enum Script {
     /// Same KEYS/ARGV as [`Script::JoinChan`]; removes the membership and decrements the
     /// count, deleting the list entry when it reaches zero.
     LeaveChan,
-    /// KEYS: `{P}Online`; ARGV: id. Decrements the socket count, deleting it at zero, and
-    /// returns the new count. The reference interpolates the id into the script text and
-    /// returns 1; we pass the id as ARGV (same effect on Redis, one cached script instead of
-    /// one per client id) and return the count so the gateway knows a client's last socket
-    /// is gone.
-    OnlineDecr,
+    /// A socket opens. KEYS: `{P}Online`, `{P}NodeSockets{node}`; ARGV: client id, socket
+    /// id, token value. Records the socket and, only if it was not recorded yet, increments
+    /// the client's count (FreeIM's `HINCRBY`): replaying it after a Redis restart is safe.
+    /// Returns the new count, or -1 when the socket was already recorded.
+    SocketOpen,
+    /// A socket closes. Same KEYS; ARGV: client id, socket id. Only if the socket was
+    /// recorded, forgets it and decrements the count, deleting it at zero (FreeIM's offline
+    /// script). Returns the new count, or -1 when another node already cleaned it up, so a
+    /// socket is never counted down twice.
+    SocketClose,
 }
 
 impl Script {
@@ -65,8 +69,11 @@ impl Script {
             Script::LeaveChan => {
                 "if redis.call('HDEL',KEYS[1],ARGV[1])==1 then redis.call('HDEL',KEYS[2],ARGV[2]) if redis.call('HINCRBY',KEYS[3],ARGV[2],-1)<=0 then redis.call('HDEL',KEYS[3],ARGV[2]) end end return 1"
             }
-            Script::OnlineDecr => {
-                "local n = redis.call('HINCRBY', KEYS[1], ARGV[1], -1) if n <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end return n"
+            Script::SocketOpen => {
+                "if redis.call('HSETNX', KEYS[2], ARGV[2], ARGV[3]) == 1 then return redis.call('HINCRBY', KEYS[1], ARGV[1], 1) end return -1"
+            }
+            Script::SocketClose => {
+                "if redis.call('HDEL', KEYS[2], ARGV[2]) == 1 then local n = redis.call('HINCRBY', KEYS[1], ARGV[1], -1) if n <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end return n end return -1"
             }
         }
     }
@@ -127,6 +134,9 @@ pub struct Subscription {
     pub messages: mpsc::Receiver<PubSubMessage>,
     /// Whether the subscription is currently established.
     pub live: watch::Receiver<bool>,
+    /// How many times it has been established (1 after the first SUBSCRIBE). Unlike `live`,
+    /// a loss and recovery between two looks cannot go unnoticed.
+    pub epoch: watch::Receiver<u64>,
 }
 
 /// Redis or the in-process broker. Cheap to clone; clones share connections.
@@ -163,6 +173,10 @@ impl Backend {
     /// `SET key value EX ttl_secs`
     pub async fn set_ex(&self, key: &str, value: &str, ttl_secs: u64) -> Result<(), BackendError> {
         delegate!(self, b => b.set_ex(key, value, ttl_secs).await)
+    }
+    /// `SET key value NX EX ttl_secs`: whether the key was set (it did not exist).
+    pub async fn set_nx_ex(&self, key: &str, value: &str, ttl_secs: u64) -> Result<bool, BackendError> {
+        delegate!(self, b => b.set_nx_ex(key, value, ttl_secs).await)
     }
     /// `GET key`, or `GETDEL key` when `delete` is set (single-use tokens).
     pub async fn get(&self, key: &str, delete: bool) -> Result<Option<String>, BackendError> {

@@ -74,6 +74,12 @@ impl RedisBackend {
         Ok(cmd.exec_async(&mut self.conn.clone()).await?)
     }
 
+    pub(super) async fn set_nx_ex(&self, key: &str, value: &str, ttl_secs: u64) -> Result<bool, BackendError> {
+        let cmd = redis::cmd("SET").arg(key).arg(value).arg("NX").arg("EX").arg(ttl_secs).clone();
+        let reply: Option<String> = cmd.query_async(&mut self.conn.clone()).await?;
+        Ok(reply.is_some())
+    }
+
     pub(super) async fn get(&self, key: &str, delete: bool) -> Result<Option<String>, BackendError> {
         let cmd = redis::cmd(if delete { "GETDEL" } else { "GET" }).arg(key).clone();
         Ok(cmd.query_async(&mut self.conn.clone()).await?)
@@ -101,8 +107,9 @@ impl RedisBackend {
     pub(super) fn subscribe(&self, channels: Vec<String>) -> Subscription {
         let (tx, messages) = mpsc::channel(SUBSCRIPTION_QUEUE);
         let (live_tx, live) = watch::channel(false);
-        tokio::spawn(subscription_loop(self.client.clone(), channels, tx, live_tx));
-        Subscription { messages, live }
+        let (epoch_tx, epoch) = watch::channel(0);
+        tokio::spawn(subscription_loop(self.client.clone(), channels, tx, live_tx, epoch_tx));
+        Subscription { messages, live, epoch }
     }
 }
 
@@ -113,10 +120,11 @@ async fn subscription_loop(
     channels: Vec<String>,
     tx: mpsc::Sender<PubSubMessage>,
     live: watch::Sender<bool>,
+    epoch: watch::Sender<u64>,
 ) {
     let mut backoff = RESUBSCRIBE_BACKOFF.0;
     while !tx.is_closed() {
-        match subscribe_once(&client, &channels, &tx, &live).await {
+        match subscribe_once(&client, &channels, &tx, &live, &epoch).await {
             Ok(()) => backoff = RESUBSCRIBE_BACKOFF.0,
             Err(e) => tracing::warn!(error = %e, ?channels, "redis subscription failed; retrying"),
         }
@@ -135,12 +143,14 @@ async fn subscribe_once(
     channels: &[String],
     tx: &mpsc::Sender<PubSubMessage>,
     live: &watch::Sender<bool>,
+    epoch: &watch::Sender<u64>,
 ) -> Result<(), BackendError> {
     let mut pubsub = tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub())
         .await
         .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "connect timed out")))??;
     pubsub.subscribe(channels).await?;
     live.send_replace(true);
+    epoch.send_modify(|n| *n += 1);
     tracing::info!(?channels, "redis subscription established");
     let mut stream = pubsub.into_on_message();
     loop {

@@ -308,8 +308,9 @@ mod tests {
     #[test]
     fn flags_win_over_the_file() {
         let cli = Settings { ping_interval: Some(5), ..Settings::default() };
-        let file =
-            settings("redis = 'redis://h'\nserver = '127.0.0.1:1'\nservers = ['127.0.0.1:1']\nping-interval = 9\npong-timeout = 7");
+        let file = settings(
+            "redis = 'redis://h'\nserver = '127.0.0.1:1'\nservers = ['127.0.0.1:1']\nping-interval = 9\npong-timeout = 7",
+        );
         let (_, c) = cli.or(file).resolve().unwrap();
         assert_eq!((c.ping_interval.as_secs(), c.pong_timeout.as_secs()), (5, 7));
     }
@@ -320,7 +321,10 @@ mod tests {
         let cases = [
             ("servers = '127.0.0.1:1'\nserver = '127.0.0.1:1'", "--redis is required"),
             ("redis = 'http://x'\nserver = '127.0.0.1:1'\nservers = '127.0.0.1:1'", "--redis: "),
-            (&format!("{base}server = '127.0.0.3:3'") as &str, "--server: \"127.0.0.3:3\" is not in --servers (127.0.0.1:1,127.0.0.2:2)"),
+            (
+                &format!("{base}server = '127.0.0.3:3'") as &str,
+                "--server: \"127.0.0.3:3\" is not in --servers (127.0.0.1:1,127.0.0.2:2)",
+            ),
             ("redis = 'redis://h'\nserver = 'a'\nservers = 'a'", "--servers: \"a\" is not HOST:PORT"),
             (&format!("{base}server = '127.0.0.1:1'\nping-interval = 0"), "--ping-interval: must be at least 1 second"),
             (&format!("{base}server = '127.0.0.1:1'\npath = 'ws'"), "--path: "),

@@ -40,6 +40,7 @@ pub struct Metrics {
     receipts_delivered: AtomicU64,
     receipts_offline: AtomicU64,
     redis_resubscribes: AtomicU64,
+    lease_cleanups: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64, by: u64) {
@@ -84,6 +85,11 @@ impl Metrics {
     /// The node-channel subscription was established again after a loss.
     pub fn resubscribed(&self) {
         bump(&self.redis_resubscribes, 1);
+    }
+
+    /// Sockets of a dead node cleaned up by this node.
+    pub fn lease_cleanup(&self, sockets: usize) {
+        bump(&self.lease_cleanups, sockets as u64);
     }
 
     /// The Prometheus text exposition, with the gauges given by the caller.
@@ -143,6 +149,12 @@ impl Metrics {
             "counter",
             "Node-channel subscriptions re-established after a loss.",
             &[("", get(&self.redis_resubscribes))],
+        );
+        metric(
+            "freeim_lease_cleanups_total",
+            "counter",
+            "Sockets of dead nodes cleaned up by this node.",
+            &[("", get(&self.lease_cleanups))],
         );
         out
     }

@@ -12,6 +12,7 @@ pub mod config;
 pub mod connection;
 mod dispatch;
 mod heartbeat;
+mod lease;
 mod listener;
 pub mod metrics;
 mod presence;
@@ -33,6 +34,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// How long start-up may spend cleaning a previous run's presence before serving anyway.
+const STARTUP_CLEANUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Pending connections the kernel queues before `accept` (bursts of thousands of connects).
 const LISTEN_BACKLOG: u32 = 4096;
 
@@ -60,12 +63,18 @@ pub(crate) struct Node {
     pub(crate) client: ImClient,
     pub(crate) registry: Registry,
     pub(crate) metrics: Metrics,
+    /// `{P}NodeSockets{server}`: this node's socket records (see `presence`).
+    pub(crate) sockets_key: String,
     /// Whether the node-channel subscription is established (`/healthz`).
     pub(crate) live: watch::Receiver<bool>,
+    /// How many times it has been established (presence is restored on each new one).
+    pub(crate) epoch: watch::Receiver<u64>,
     /// Cancelled when shutdown starts.
     pub(crate) shutdown: CancellationToken,
     /// Connection tasks, so shutdown can wait for their close paths.
     pub(crate) connections: TaskTracker,
+    /// Socket ids: the start time in seconds in the high 32 bits and a counter in the low
+    /// ones, so a restarted node never reuses an id of its previous run.
     pub(crate) next_conn_id: AtomicU64,
     clock: Instant,
 }
@@ -93,22 +102,28 @@ impl Gateway {
         let listener = bind(config.listen).map_err(|source| GatewayError::Bind { addr: config.listen, source })?;
         let local_addr = listener.local_addr().map_err(|source| GatewayError::Bind { addr: config.listen, source })?;
         let subscription = client.backend().subscribe(vec![client.keys().server(&config.server)]);
+        let sockets_key = client.keys().node_sockets(&config.server);
         let node = Arc::new(Node {
             live: subscription.live.clone(),
+            epoch: subscription.epoch.clone(),
             config,
             client,
             registry: Registry::default(),
             metrics: Metrics::default(),
+            sockets_key,
             shutdown: CancellationToken::new(),
             connections: TaskTracker::new(),
-            next_conn_id: AtomicU64::new(1),
+            next_conn_id: AtomicU64::new(first_conn_id()),
             clock: Instant::now(),
         });
+        // Before serving: undo the presence a previous run of this node left behind (a retry
+        // runs in the lease task if the backend cannot be reached now).
+        let _ = tokio::time::timeout(STARTUP_CLEANUP_TIMEOUT, lease::clean_own(&node)).await;
         let tasks = TaskTracker::new();
         tasks.spawn(listener::run(node.clone(), listener));
         tasks.spawn(dispatch::run(node.clone(), subscription));
         tasks.spawn(heartbeat::run(node.clone()));
-        tasks.spawn(count_resubscribes(node.clone()));
+        tasks.spawn(lease::run(node.clone()));
         tracing::info!(server = %node.config.server, %local_addr, path = %node.config.path, "gateway listening");
         Ok(Gateway { node, local_addr, tasks })
     }
@@ -155,26 +170,9 @@ impl Gateway {
     }
 }
 
-/// Counts re-established subscriptions (each `false → true` after the first) and logs them.
-async fn count_resubscribes(node: Arc<Node>) {
-    let mut live = node.live.clone();
-    let mut was_live = *live.borrow_and_update();
-    let mut ever_live = was_live;
-    loop {
-        tokio::select! {
-            changed = live.changed() => if changed.is_err() { return },
-            _ = node.shutdown.cancelled() => return,
-        }
-        let now_live = *live.borrow_and_update();
-        if now_live && !was_live && ever_live {
-            node.metrics.resubscribed();
-        }
-        if now_live != was_live && ever_live {
-            tracing::warn!(live = now_live, "node channel subscription changed");
-        }
-        ever_live |= now_live;
-        was_live = now_live;
-    }
+fn first_conn_id() -> u64 {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    (secs << 32) | 1
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {

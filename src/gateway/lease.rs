@@ -1,0 +1,170 @@
+//! Node leases: no ghost presence after a crash, and presence restored after a Redis loss.
+//!
+//! Every node keeps `{P}NodeLease{node}` alive (TTL [`LEASE_TTL_SECS`], renewed every
+//! [`RENEW_EVERY`]). Every node also checks the others' leases on that tick: a node whose
+//! lease is gone but whose `{P}NodeSockets{node}` still lists sockets died without
+//! cleaning up (kill -9, power loss). One survivor, the one that takes the cleanup lock
+//! (`SET NX`), runs the normal close path for each of those sockets: counts down
+//! `{P}Online`, leaves channels where it was the client's last socket, publishes the
+//! offline event. The close script only counts a socket down if it is still recorded, so
+//! even a second cleaner (say, after the lock expired) cannot count it down twice.
+//!
+//! Detection takes at most `LEASE_TTL_SECS + RENEW_EVERY` (20 s) after the crash.
+//!
+//! A node that restarts cleans its own stale records before it serves ([`clean_own`]).
+//! When the node-channel subscription comes back after a Redis loss, the node records its
+//! live sockets again ([`restore`]): Redis may have restarted empty, or a survivor may have
+//! cleaned it up while it was cut off. Each socket recorded anew is announced with an
+//! online event, so the business side can re-join its channels (channel membership is
+//! business state: FreeIM's clients join again on every connect).
+
+use super::{Node, presence};
+use crate::protocol::TokenValue;
+use bytes::Bytes;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Seconds a lease lives without renewal.
+pub const LEASE_TTL_SECS: u64 = 15;
+/// How often a node renews its lease and checks the others'.
+pub const RENEW_EVERY: Duration = Duration::from_secs(5);
+/// Pause before retrying a restore that could not reach the backend.
+const RESTORE_RETRY: Duration = Duration::from_millis(250);
+/// Seconds the cleanup lock of a dead node is held (long enough for 19k sockets).
+const CLEANUP_LOCK_SECS: u64 = 120;
+
+/// Renews this node's lease, cleans up after dead nodes and restores presence after a
+/// Redis loss, until shutdown.
+pub(crate) async fn run(node: Arc<Node>) {
+    let mut ticks = tokio::time::interval(RENEW_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut epoch = node.epoch.clone();
+    // Established at most once so far: nothing to restore yet.
+    let mut seen = (*epoch.borrow_and_update()).max(1);
+    let mut own_clean = false;
+    let mut restore_pending = false;
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = epoch.changed(), if epoch.has_changed().is_ok() => {}
+            // The command connection may come back a little after the subscription.
+            _ = tokio::time::sleep(RESTORE_RETRY), if restore_pending => {}
+            _ = node.shutdown.cancelled() => return,
+        }
+        let now = *epoch.borrow_and_update();
+        if now > seen {
+            seen = now;
+            node.metrics.resubscribed();
+            tracing::warn!("node channel subscription re-established: restoring presence");
+            restore_pending = true;
+        }
+        if restore_pending {
+            restore_pending = !restore(&node).await;
+        }
+        if !own_clean {
+            own_clean = clean_own(&node).await;
+        }
+        renew_and_check(&node).await;
+    }
+}
+
+/// Cleans this node's records left by an earlier run (keeping this run's live sockets).
+/// Returns whether it could talk to the backend.
+pub(crate) async fn clean_own(node: &Node) -> bool {
+    match clean_node(node, &node.config.server).await {
+        Ok(0) => true,
+        Ok(n) => {
+            tracing::warn!(sockets = n, "cleaned presence left by this node's previous run");
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not clean this node's stale presence; retrying");
+            false
+        }
+    }
+}
+
+async fn renew_and_check(node: &Node) {
+    let (client, me) = (&node.client, &node.config.server);
+    let lease = client.keys().node_lease(me);
+    if let Err(e) = client.backend().set_ex(&lease, "alive", LEASE_TTL_SECS).await {
+        tracing::warn!(error = %e, "could not renew node lease");
+        return;
+    }
+    for other in client.servers().iter().filter(|s| *s != me) {
+        if let Err(e) = check_node(node, other).await {
+            tracing::warn!(error = %e, node = %other, "could not check node lease");
+        }
+    }
+}
+
+async fn check_node(node: &Node, other: &str) -> crate::Result<()> {
+    let backend = node.client.backend();
+    let keys = node.client.keys();
+    if backend.get(&keys.node_lease(other), false).await?.is_some() {
+        return Ok(());
+    }
+    if backend.hgetall(&keys.node_sockets(other)).await?.is_empty() {
+        return Ok(());
+    }
+    if !backend.set_nx_ex(&keys.node_cleanup(other), &node.config.server, CLEANUP_LOCK_SECS).await? {
+        return Ok(()); // another survivor is on it
+    }
+    let cleaned = clean_node(node, other).await?;
+    node.metrics.lease_cleanup(cleaned);
+    tracing::warn!(node = %other, sockets = cleaned, "node lease expired: cleaned up its presence");
+    Ok(())
+}
+
+/// Runs the close path for every socket recorded for `server` that is not live here;
+/// returns how many this call cleaned.
+async fn clean_node(node: &Node, server: &str) -> crate::Result<usize> {
+    let sockets_key = node.client.keys().node_sockets(server);
+    let entries = node.client.backend().hgetall(&sockets_key).await?;
+    let mut cleaned = 0;
+    for (socket, value) in entries {
+        let Ok(socket_id) = socket.parse::<u64>() else {
+            tracing::warn!(%socket, "dropping malformed socket record");
+            let op = crate::backend::Op::HDel { key: sockets_key.clone(), fields: vec![socket] };
+            node.client.backend().execute(vec![op]).await?;
+            continue;
+        };
+        let client_id = match serde_json::from_str::<TokenValue>(&value) {
+            Ok(token) => token.client_id,
+            Err(e) => {
+                tracing::warn!(error = %e, %value, "dropping socket record with a malformed token value");
+                let op = crate::backend::Op::HDel { key: sockets_key.clone(), fields: vec![socket] };
+                node.client.backend().execute(vec![op]).await?;
+                continue;
+            }
+        };
+        let live_here = server == node.config.server
+            && node.registry.with(client_id, |conns| conns.iter().any(|c| c.id == socket_id)).unwrap_or(false);
+        if live_here {
+            continue;
+        }
+        let token = Bytes::from(value);
+        if presence::close_socket(&node.client, &sockets_key, client_id, socket_id, &token).await? {
+            cleaned += 1;
+        }
+    }
+    Ok(cleaned)
+}
+
+/// Records every live socket again; each one missing from Redis is announced online.
+/// Returns `false` when the backend failed (the caller retries; replays are harmless).
+pub(crate) async fn restore(node: &Node) -> bool {
+    let mut restored = 0;
+    for conn in node.registry.all() {
+        match presence::open_socket(node, &conn, false).await {
+            Ok(true) => restored += 1,
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "presence restore interrupted; retrying");
+                return false;
+            }
+        }
+    }
+    tracing::info!(restored, sockets = node.registry.len(), "presence restored");
+    true
+}

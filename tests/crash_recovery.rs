@@ -1,0 +1,207 @@
+//! No ghost presence after a node crash, and exact presence after Redis loses its data or
+//! its subscriptions. Nodes run as real `freeim server` processes where a test kills them.
+
+mod common;
+use common::*;
+use freeim::{ImClient, ImClientOptions, PresenceEvent};
+use futures_util::StreamExt;
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Lease TTL plus one renewal period, plus slack for a loaded machine.
+const CLEANUP_DEADLINE: Duration = Duration::from_secs(45);
+
+struct NodeProcess {
+    child: Child,
+    addr: String,
+}
+
+impl NodeProcess {
+    fn spawn(redis: &RedisServer, addr: &str, servers: &[String]) -> NodeProcess {
+        let child = Command::new(env!("CARGO_BIN_EXE_freeim"))
+            .args(["server", "--redis", &redis.url(), "--server", addr, "--servers", &servers.join(",")])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let node = NodeProcess { child, addr: addr.to_owned() };
+        let deadline = Instant::now() + WAIT;
+        while !node.healthy() {
+            assert!(Instant::now() < deadline, "node {addr} did not become healthy");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        node
+    }
+
+    fn healthy(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut stream) = std::net::TcpStream::connect(&self.addr) else { return false };
+        let _ = stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut text = String::new();
+        let _ = stream.read_to_string(&mut text);
+        text.starts_with("HTTP/1.1 200")
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn online_counts(redis: &RedisServer) -> HashMap<i64, i64> {
+    redis.hash("im_v2_wsOnline").into_iter().map(|(k, v)| (k.parse().unwrap(), v.parse().unwrap())).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_leaves_no_ghosts_and_one_survivor_cleans_up() {
+    let redis = RedisServer::start();
+    let servers: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+    let mut nodes: Vec<NodeProcess> = servers.iter().map(|s| NodeProcess::spawn(&redis, s, &servers)).collect();
+    let im = ImClient::connect(&redis.url(), ImClientOptions::new(servers.clone())).unwrap();
+    // 300 clients, 100 per node (id mod 3), each in channel "all" and one of its own.
+    let mut sockets = Vec::new();
+    for id in 1..=300i64 {
+        let url = im.prev_connect_server(id, Some("m")).await.unwrap();
+        sockets.push((id, Ws::connect(&url).await.unwrap()));
+        im.join_chan(id, &["all".to_owned(), format!("own{id}")]).await.unwrap();
+    }
+    eventually(|| async { online_counts(&redis).len() == 300 }).await;
+    let mut events = im.event_bus();
+    eventually(|| async { events.is_live() }).await;
+
+    nodes[0].kill9(); // clients 3, 6, …, 300
+    let dead: Vec<i64> = (1..=300).filter(|id| id % 3 == 0).collect();
+    let deadline = Instant::now() + CLEANUP_DEADLINE;
+    let mut offline = Vec::new();
+    while offline.len() < dead.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, events.next()).await {
+            Ok(Some(PresenceEvent::Offline(v))) => offline.push(v.client_id),
+            Ok(Some(PresenceEvent::Online(_))) => {}
+            other => panic!("only {} offline events before the deadline: {other:?}", offline.len()),
+        }
+    }
+    offline.sort();
+    assert_eq!(offline, dead, "one offline event per socket of the dead node");
+    // No second cleaner: no further offline event arrives.
+    assert!(tokio::time::timeout(Duration::from_secs(6), events.next()).await.is_err(), "a duplicate event");
+
+    let counts = online_counts(&redis);
+    let survivors: HashMap<i64, i64> = (1..=300).filter(|id| id % 3 != 0).map(|id| (id, 1)).collect();
+    assert_eq!(counts, survivors, "dead node's clients gone, the other 200 untouched");
+    let members: Vec<String> = redis.cmd(&["HKEYS", "im_v2_wsChanall"]);
+    assert_eq!(members.len(), 200);
+    assert!(members.iter().all(|m| m.parse::<i64>().unwrap() % 3 != 0));
+    assert_eq!(redis.hash("im_v2_wsListChan").iter().find(|(c, _)| c == "all").unwrap().1, "200");
+    assert_eq!(redis.hash("im_v2_wsClient3"), []);
+    let records: i64 = redis.cmd(&["HLEN", &format!("im_v2_wsNodeSockets{}", servers[0])]);
+    assert_eq!(records, 0);
+    // The survivors still deliver.
+    im.send_message(0, &[1], "after", false).await.unwrap();
+    let first = &mut sockets.iter_mut().find(|(id, _)| *id == 1).unwrap().1;
+    assert_eq!(first.recv_text().await, "\"after\"");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_cleans_its_own_stale_presence_before_serving() {
+    let redis = RedisServer::start();
+    let servers = vec![format!("127.0.0.1:{}", free_port())];
+    let mut node = NodeProcess::spawn(&redis, &servers[0], &servers);
+    let im = ImClient::connect(&redis.url(), ImClientOptions::new(servers.clone())).unwrap();
+    let mut held = Vec::new();
+    for id in 1..=5 {
+        held.push(Ws::connect(&im.prev_connect_server(id, None).await.unwrap()).await.unwrap());
+        im.join_chan(id, &["room"]).await.unwrap();
+    }
+    eventually(|| async { online_counts(&redis).len() == 5 }).await;
+    node.kill9();
+    drop(held);
+    let _node = NodeProcess::spawn(&redis, &servers[0], &servers); // well within the lease TTL
+    assert_eq!(online_counts(&redis), HashMap::new());
+    assert_eq!(redis.hash("im_v2_wsChanroom"), []);
+    assert_eq!(redis.hash("im_v2_wsListChan"), []);
+    let url = im.prev_connect_server(9, None).await.unwrap();
+    let _ws = Ws::connect(&url).await.unwrap();
+    eventually(|| async { online_counts(&redis) == HashMap::from([(9, 1)]) }).await;
+}
+
+/// Presence in Redis equals what the live sockets imply.
+async fn presence_matches(redis: &RedisServer, want: &HashMap<i64, i64>, servers: &[String]) -> bool {
+    let records: usize =
+        servers.iter().map(|s| redis.cmd::<i64>(&["HLEN", &format!("im_v2_wsNodeSockets{s}")]) as usize).sum();
+    online_counts(redis) == *want && records == want.values().sum::<i64>() as usize
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_empty_gets_exact_presence_back_and_delivery_resumes() {
+    let mut cluster = Cluster::start(Kind::Redis, 2).await;
+    let mut a1 = cluster.connect(1).await;
+    let _a2 = cluster.connect(1).await;
+    let mut b = cluster.connect(2).await;
+    let want = HashMap::from([(1, 2), (2, 1)]);
+    assert!(presence_matches(cluster.redis(), &want, &cluster.servers).await);
+
+    // Traffic through the outage: count what is lost (pub/sub is at-most-once).
+    let sent = 40;
+    let mut failed = 0;
+    let redis = cluster.redis.as_mut().unwrap();
+    for i in 0..sent {
+        if i == 10 {
+            redis.kill();
+        }
+        if i == 20 {
+            redis.restart();
+        }
+        if cluster.im.send_message(0, &[2], &format!("m{i}"), false).await.is_err() {
+            failed += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cluster.wait_live().await;
+    let redis = cluster.redis();
+    eventually(|| async { presence_matches(redis, &want, &cluster.servers).await }).await;
+    let mut received = 0;
+    while tokio::time::timeout(QUIET, b.recv_text()).await.is_ok() {
+        received += 1;
+    }
+    eprintln!("outage: {sent} sent, {failed} refused by the client, {} lost", sent - received);
+    assert!(received >= 10, "the messages before the outage arrived ({received})");
+    cluster.im.send_message(0, &[1], "after", false).await.unwrap();
+    assert_eq!(a1.recv_text().await, "\"after\"");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_subscription_with_redis_data_intact_does_not_double_count() {
+    let cluster = Cluster::start(Kind::Redis, 2).await;
+    let _a = cluster.connect(1).await;
+    let _b = cluster.connect(2).await;
+    let _c = cluster.connect(2).await;
+    let redis = cluster.redis();
+    let want = HashMap::from([(1, 1), (2, 2)]);
+    assert!(presence_matches(redis, &want, &cluster.servers).await);
+    let killed: i64 = redis.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    assert_eq!(killed, 2, "one subscription per node");
+    let resubscribed = |metrics: String| metrics.contains("freeim_redis_resubscribes_total 1\n");
+    for node in &cluster.nodes {
+        let addr = node.local_addr();
+        eventually(|| async move { resubscribed(http_get_text(addr, "/metrics").await) }).await;
+    }
+    assert!(presence_matches(redis, &want, &cluster.servers).await);
+}
+
+async fn http_get_text(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.unwrap();
+    text
+}
