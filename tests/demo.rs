@@ -1,6 +1,7 @@
 //! The demo business app, through the `freeim` binary: FreeIM's demo routes answer as the
 //! reference does, bad input gets a 4xx JSON answer, and the all-in-one mode works alone.
 
+#[allow(unused_imports)] // the kit re-exports its wire helpers, which these tests do not need
 mod common;
 use common::*;
 use serde_json::{Value, json};
