@@ -6,8 +6,8 @@
 //! sockets from source addresses spread over 127.0.0.0/8 (a source address has only 28k
 //! ephemeral ports) and speak just enough WebSocket ([`client`]). Every latency is read
 //! against one clock: the publisher stamps each message, the worker that receives it
-//! subtracts. The CPU of the generator (workers and coordinator) is reported beside the
-//! server's, so a saturated generator is visible.
+//! subtracts. The CPU of the generator (the publisher, every worker and the busiest one)
+//! is reported beside the server's and Redis's, so a saturated generator is visible.
 //!
 //! Files: [`scenarios`] (connect, fanout, p2p), [`suite`] (`all`), [`worker`] and [`pool`]
 //! (the worker processes), [`client`] (the WebSocket client), [`publish`] (through

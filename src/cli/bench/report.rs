@@ -66,8 +66,8 @@ pub struct Record {
     /// Publish→receive latency.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latency: Option<Percentiles>,
-    /// CPU used in cores (1.0 = one core) by: server, generator (workers + coordinator),
-    /// and redis when known.
+    /// CPU used in cores (1.0 = one core) by: the server processes, the publisher (the
+    /// coordinator), the workers, Redis when known, and the busiest single worker.
     pub cpu: Vec<(String, f64)>,
     /// Measured window in seconds.
     pub elapsed_s: f64,
@@ -114,7 +114,14 @@ impl Record {
     }
 
     fn cpu_text(&self) -> String {
-        self.cpu.iter().map(|(name, cores)| format!("{name} {cores:.2}")).collect::<Vec<_>>().join(", ")
+        let short = |name: &str| match name {
+            "server" => "srv".to_owned(),
+            "publisher" => "pub".to_owned(),
+            "workers" => "wrk".to_owned(),
+            "busiest worker" => "wrk-max".to_owned(),
+            other => other.to_owned(),
+        };
+        self.cpu.iter().map(|(name, cores)| format!("{} {cores:.2}", short(name))).collect::<Vec<_>>().join(" ")
     }
 
     /// The cells of a table row.
@@ -137,7 +144,8 @@ fn ms(v: f64) -> String {
     if v >= 100.0 { format!("{v:.0} ms") } else { format!("{v:.2} ms") }
 }
 
-const HEADERS: [&str; 6] = ["scenario", "target", "load", "result", "latency p50 / p99 / max", "CPU (cores)"];
+const HEADERS: [&str; 6] =
+    ["scenario", "target", "load", "result", "latency p50 / p99 / max", "CPU cores (srv, pub, wrk, redis, wrk-max)"];
 
 /// Prints `records` as an aligned text table (stdout).
 pub fn print_table(records: &[Record]) {

@@ -61,12 +61,16 @@ impl Target {
     }
 
     fn cpu_probe(&self, pool: &Pool) -> CpuProbe {
-        let mut generator = pool.pids();
-        generator.push(std::process::id());
-        let mut groups = vec![("server".to_owned(), self.watch.clone()), ("generator".to_owned(), generator)];
+        let mut groups = vec![
+            ("server".to_owned(), self.watch.clone()),
+            ("publisher".to_owned(), vec![std::process::id()]),
+            ("workers".to_owned(), pool.pids()),
+        ];
         if let Some(pid) = self.redis_pid {
             groups.push(("redis".to_owned(), vec![pid]));
         }
+        // Each worker is single-threaded: the busiest one shows whether one is saturated.
+        groups.extend(pool.pids().into_iter().map(|pid| (format!("worker {pid}"), vec![pid])));
         CpuProbe::start(groups)
     }
 }

@@ -176,7 +176,7 @@ pub struct CpuProbe {
 }
 
 impl CpuProbe {
-    /// Starts measuring each group (e.g. "server" → node pids, "generator" → workers + self).
+    /// Starts measuring each group (e.g. "server" → node pids, "workers" → worker pids).
     pub fn start(groups: Vec<(String, Vec<u32>)>) -> Self {
         let start = groups.iter().map(|(_, pids)| Self::sum(pids)).collect();
         CpuProbe { groups, start, started_ns: now_ns() }
@@ -186,14 +186,24 @@ impl CpuProbe {
         pids.iter().filter_map(|p| cpu_secs(*p)).sum()
     }
 
-    /// Utilisation of each group since `start`, in cores (1.0 = one core busy).
+    /// Utilisation of each group since `start`, in cores (1.0 = one core busy). Groups
+    /// named `worker PID` are folded into one `busiest worker` figure.
     pub fn stop(&self) -> Vec<(String, f64)> {
         let secs = (now_ns().saturating_sub(self.started_ns)) as f64 / 1e9;
-        self.groups
-            .iter()
-            .zip(&self.start)
-            .map(|((name, pids), start)| (name.clone(), ((Self::sum(pids) - start) / secs.max(1e-3)).max(0.0)))
-            .collect()
+        let mut out = Vec::new();
+        let mut busiest: Option<f64> = None;
+        for ((name, pids), start) in self.groups.iter().zip(&self.start) {
+            let cores = ((Self::sum(pids) - start) / secs.max(1e-3)).max(0.0);
+            if name.starts_with("worker ") {
+                busiest = Some(busiest.unwrap_or(0.0).max(cores));
+            } else {
+                out.push((name.clone(), cores));
+            }
+        }
+        if let Some(cores) = busiest {
+            out.push(("busiest worker".to_owned(), cores));
+        }
+        out
     }
 }
 

@@ -106,6 +106,13 @@ fn plan(args: &AllArgs) -> Vec<Step> {
         push(Step::P2p { nodes: 2, clients, messages: p2p_paced, rate: if s { 500.0 } else { 2_000.0 }, raw });
     }
     if args.sweep {
+        let rates: &[f64] = if s { &[50.0] } else { &[10.0, 50.0] };
+        for &rate in rates {
+            for raw in raws(args) {
+                let messages = (rate * 4.0) as u64;
+                push(Step::Fanout { sockets, messages, rate, broadcast: false, raw });
+            }
+        }
         let rates: &[f64] = if s { &[1_000.0] } else { &[5_000.0, 10_000.0, 20_000.0, 30_000.0, 40_000.0] };
         for &rate in rates {
             for raw in raws(args) {
@@ -155,10 +162,12 @@ fn start(step: &Step) -> anyhow::Result<(Servers, Target)> {
     Ok((Servers::Ours { _redis: redis, _nodes: nodes }, target))
 }
 
-async fn measure(step: &Step, target: &Target) -> anyhow::Result<Record> {
+async fn measure(step: &Step, target: &Target, smoke: bool) -> anyhow::Result<Record> {
     match *step {
         Step::Connect { conns, rate, .. } => {
-            let mut record = scenarios::connect(target, conns, rate, DEFAULT_INFLIGHT, Duration::from_secs(3)).await?;
+            // Held long enough for the allocator to settle before RSS is read.
+            let hold = if smoke { Duration::from_millis(300) } else { Duration::from_secs(3) };
+            let mut record = scenarios::connect(target, conns, rate, DEFAULT_INFLIGHT, hold).await?;
             record.scenario = step.name().to_owned();
             Ok(record)
         }
@@ -182,7 +191,7 @@ pub async fn run(args: AllArgs) -> anyhow::Result<()> {
                 step
             );
             let (servers, target) = start(step)?;
-            let mut record = measure(step, &target).await?;
+            let mut record = measure(step, &target, args.smoke).await?;
             drop(servers);
             record.run = run;
             report::print_table(std::slice::from_ref(&record));
@@ -240,7 +249,7 @@ fn fmt(v: f64) -> String {
 /// Markdown: every record, the medians per measurement, and ours vs raw per run.
 fn render(records: &[Record]) -> String {
     let mut md = String::from(
-        "### Every run\n\n| run | scenario | target | load | result | latency p50 / p99 / max | CPU (cores) |\n|---|---|---|---|---|---|---|\n",
+        "### Every run\n\n| run | scenario | target | load | result | latency p50 / p99 / max | CPU cores (srv, pub, wrk, redis, wrk-max) |\n|---|---|---|---|---|---|---|\n",
     );
     for r in records {
         let c = r.cells();
