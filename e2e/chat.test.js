@@ -72,9 +72,26 @@ for (const Deployment of [AllInOne, Cluster]) {
 
       await say(bob, 'Hello Alice! Ça va? Ready for the demo');
       await bubble(alice, 'Hello Alice! Ça va? Ready for the demo').waitFor();
-      await say(alice, 'Shall we ship it today?');
+
+      // A third person, a second channel, and a private message waiting for Alice: the
+      // screenshot of Alice's page is the one the README shows (docs/chat.png).
+      const carol = await open('Carol');
+      await joinChannel(carol, 'random');
+      await joinChannel(carol, 'lobby');
+      await alice.locator('#channels li[data-chan="lobby"] .members', { hasText: '3' }).waitFor();
+      await say(carol, 'Morning both! The gateway restart went fine overnight.');
+      await bubble(alice, 'The gateway restart went fine overnight.').waitFor();
+      await say(alice, 'Great. Shall we ship it today?');
       await bubble(bob, 'Shall we ship it today?').waitFor();
-      await screenshot(alice, deployment, 'channel-alice');
+      await bubble(carol, 'Shall we ship it today?').waitFor();
+      await carol.click(`#online li[data-id="${alice.clientId}"] button`);
+      await say(carol, 'Psst: lunch after the demo?');
+      await carol.locator('#messages .status[data-status="delivered"]').waitFor();
+      await alice.locator(`#convs li[data-conv="dm:${carol.clientId}"] .badge`, { hasText: '1' }).waitFor();
+      await alice.locator('#channels li[data-chan="random"] .members', { hasText: '1' }).waitFor();
+      await alice.locator('#online-count', { hasText: '3' }).waitFor();
+      await alice.click('#text'); // the focus ring of the composer, as a person sees it
+      await screenshot(alice, deployment, 'chat');
       await screenshot(bob, deployment, 'channel-bob');
     });
 

@@ -142,13 +142,14 @@
     return (String(name || '?').trim()[0] || '?').toUpperCase();
   }
 
-  function hue(id) {
-    return (Number(id) * 47) % 360;
+  var AVATAR_COLORS = ['#e11d48', '#2563eb', '#059669', '#d97706', '#7c3aed', '#0891b2', '#db2777', '#65a30d'];
+  function color(id) {
+    return AVATAR_COLORS[Math.abs(Number(id)) % AVATAR_COLORS.length];
   }
 
   function avatar(id, name) {
     var a = el('div', { class: 'avatar', text: initial(name), 'aria-hidden': 'true' });
-    a.style.background = 'hsl(' + hue(id) + ', 55%, 45%)';
+    a.style.background = color(id);
     return a;
   }
 
@@ -404,7 +405,7 @@
     $('me-id').textContent = state.id == null ? '…' : String(state.id);
     var a = $('me-avatar');
     a.textContent = initial(state.nick);
-    if (state.id != null) a.style.background = 'hsl(' + hue(state.id) + ', 55%, 45%)';
+    if (state.id != null) a.style.background = color(state.id);
   }
 
   // --- incoming ------------------------------------------------------------------------
