@@ -136,7 +136,7 @@ for (const Deployment of [AllInOne, Cluster]) {
       await screenshot(alice, deployment, 'online-after-alice');
     });
 
-    it('pages reconnect after a gateway restart and receive again', async () => {
+    it('pages show the lost connection, reconnect after a gateway restart and receive again', async () => {
       const alice = await open('Alice');
       const bob = await open('Bob');
       await joinChannel(alice, 'ops');
@@ -144,7 +144,13 @@ for (const Deployment of [AllInOne, Cluster]) {
       await say(alice, 'before the restart');
       await bubble(bob, 'before the restart').waitFor();
 
-      await deployment.restartGateways();
+      // While the gateway is down, each page says so, and keeps trying.
+      await deployment.stopGateways();
+      for (const page of [alice, bob]) {
+        await page.locator('#conn[data-state="waiting"]', { hasText: 'reconnecting in' }).waitFor();
+      }
+      await screenshot(bob, deployment, 'gateway-down-bob');
+      await deployment.startGateways();
       for (const page of [alice, bob]) {
         // A second successful open, with its channels joined again.
         await page.waitForSelector('body[data-ready="2"]', { timeout: 30000 });

@@ -113,9 +113,12 @@ class AllInOne {
     await eventually(`${this.url} (see ${this.process.logPath})`, () => httpOk(this.url));
   }
 
-  /** Stops and starts the gateway: here, the whole process. */
-  async restartGateways() {
+  /** Stops the gateway: here, the whole process (the page's routes go with it). */
+  async stopGateways() {
     await this.process.stop();
+  }
+
+  async startGateways() {
     await this.boot();
   }
 
@@ -161,12 +164,13 @@ class Cluster {
     await eventually(`gateway ${this.healthz[i]}`, () => httpOk(this.healthz[i]));
   }
 
-  /** Stops and starts every gateway node, one after the other. */
-  async restartGateways() {
-    for (let i = 0; i < this.nodes.length; i++) {
-      await this.nodes[i].stop();
-      await this.bootNode(i);
-    }
+  /** Stops every gateway node (the demo app and Redis stay up). */
+  async stopGateways() {
+    await Promise.all(this.nodes.map((node) => node.stop()));
+  }
+
+  async startGateways() {
+    await Promise.all(this.nodes.map((node, i) => this.bootNode(i)));
   }
 
   async stop() {
