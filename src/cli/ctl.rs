@@ -20,6 +20,9 @@ pub struct CtlArgs {
     /// WebSocket path of the cluster (names the keys).
     #[arg(long, env = "FREEIM_PATH", default_value = "/ws")]
     path: String,
+    /// Scheme of connect URLs: ws, or wss for nodes serving TLS.
+    #[arg(long, env = "FREEIM_SCHEME", default_value = "ws")]
+    scheme: String,
     /// Print JSON (one value per line) instead of text.
     #[arg(long)]
     json: bool,
@@ -127,7 +130,11 @@ impl Message {
 
 pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
     anyhow::ensure!(!args.servers.is_empty(), "--servers is required (flag or FREEIM_SERVERS)");
-    let options = ImClientOptions { path: args.path.clone(), ..ImClientOptions::new(args.servers.clone()) };
+    let options = ImClientOptions {
+        path: args.path.clone(),
+        scheme: args.scheme.clone(),
+        ..ImClientOptions::new(args.servers.clone())
+    };
     let im = ImClient::connect(&args.redis, options)?;
     let out = Output { json: args.json };
     match args.command {

@@ -51,6 +51,12 @@ pub struct ServerArgs {
     /// Origins accepted on browser upgrades, e.g. https://chat.example.com [default: any].
     #[arg(long, env = "FREEIM_ALLOWED_ORIGINS", value_name = "ORIGIN,ORIGIN")]
     allowed_origins: Option<String>,
+    /// PEM certificate chain: serve wss:// (with --tls-key).
+    #[arg(long, env = "FREEIM_TLS_CERT", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "FREEIM_TLS_KEY", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
     /// Worker threads [default: one per core].
     #[arg(long, env = "FREEIM_THREADS", value_name = "N")]
     threads: Option<usize>,
@@ -76,6 +82,8 @@ impl ServerArgs {
             max_sockets_per_client: self.max_sockets_per_client,
             max_frames_per_sec: self.max_frames_per_sec,
             allowed_origins: self.allowed_origins.clone().map(ServerList::Csv),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
         }
     }
 }

@@ -6,7 +6,8 @@
 
 use serde::Deserialize;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Default seconds between two server pings of a socket.
@@ -61,6 +62,8 @@ pub struct GatewayConfig {
     /// `Origin` values accepted on upgrades (exact match, e.g. `https://chat.example.com`);
     /// empty: any origin, as FreeIM. Requests without an `Origin` (non-browsers) pass.
     pub allowed_origins: Vec<String>,
+    /// Serve `wss://` with this TLS configuration; `None`: plain `ws://`.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl GatewayConfig {
@@ -155,6 +158,10 @@ pub struct Settings {
     pub max_frames_per_sec: Option<u32>,
     /// `--allowed-origins`
     pub allowed_origins: Option<ServerList>,
+    /// `--tls-cert`: PEM certificate chain.
+    pub tls_cert: Option<PathBuf>,
+    /// `--tls-key`: PEM private key.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Settings {
@@ -187,6 +194,8 @@ impl Settings {
             max_sockets_per_client: self.max_sockets_per_client.or(fallback.max_sockets_per_client),
             max_frames_per_sec: self.max_frames_per_sec.or(fallback.max_frames_per_sec),
             allowed_origins: self.allowed_origins.or(fallback.allowed_origins),
+            tls_cert: self.tls_cert.or(fallback.tls_cert),
+            tls_key: self.tls_key.or(fallback.tls_key),
         }
     }
 
@@ -235,7 +244,14 @@ impl Settings {
         if let Some(o) = allowed_origins.iter().find(|o| !(o.starts_with("http://") || o.starts_with("https://"))) {
             return Err(invalid("allowed-origins", format!("{o:?} is not an origin like https://host[:port]")));
         }
+        let tls = match (self.tls_cert, self.tls_key) {
+            (None, None) => None,
+            (Some(_), None) => return Err(invalid("tls-key", "is required with --tls-cert")),
+            (None, Some(_)) => return Err(invalid("tls-cert", "is required with --tls-key")),
+            (Some(cert), Some(key)) => Some(super::tls::load(&cert, &key).map_err(|(flag, why)| invalid(flag, why))?),
+        };
         Ok(GatewayConfig {
+            tls,
             max_connections: at_least_one("max-connections", self.max_connections, default_max_connections())?,
             max_sockets_per_client: at_least_one(
                 "max-sockets-per-client",

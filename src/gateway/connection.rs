@@ -11,8 +11,8 @@
 //! answers pings and closes, enforces the frame limit, and ends with a close handshake
 //! bounded by [`CLOSE_LINGER`].
 
-use super::Node;
 use super::websocket::{self, FrameReader, Inbound, close_code};
+use super::{Node, tls};
 use crate::protocol::ClientId;
 use bytes::Bytes;
 use std::collections::VecDeque;
@@ -73,6 +73,8 @@ pub struct Conn {
     /// The token value JSON exactly as stored, published again with the offline event.
     pub token_value: Bytes,
     stream: TcpStream,
+    /// The TLS session for `wss://`; `None` for plain `ws://`. Locked after `out`.
+    tls: Option<Mutex<rustls::ServerConnection>>,
     out: Mutex<Outbox>,
     /// Asks the task to flush the queue or to close.
     wake: Notify,
@@ -94,12 +96,24 @@ struct Outbox {
 }
 
 impl Conn {
-    pub(crate) fn new(id: u64, client_id: ClientId, token_value: Bytes, stream: TcpStream, now_ms: u64) -> Self {
+    pub(crate) fn new(
+        id: u64,
+        client_id: ClientId,
+        token_value: Bytes,
+        stream: TcpStream,
+        tls: Option<rustls::ServerConnection>,
+        now_ms: u64,
+    ) -> Self {
+        let tls = tls.map(|mut session| {
+            session.set_buffer_limit(Some(tls::SESSION_BUFFER));
+            Mutex::new(session)
+        });
         Conn {
             id,
             client_id,
             token_value,
             stream,
+            tls,
             out: Mutex::default(),
             wake: Notify::new(),
             last_read: AtomicU64::new(now_ms),
@@ -108,9 +122,7 @@ impl Conn {
     }
 
     fn outbox(&self) -> MutexGuard<'_, Outbox> {
-        // Nothing panics while holding this lock; if something did, the outbox is still a
-        // valid queue, so keep using it.
-        self.out.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.out)
     }
 
     /// Sends `frames` in order: written now as far as the kernel takes them, the rest
@@ -123,7 +135,7 @@ impl Conn {
         }
         let mut skip = 0;
         if out.frames.is_empty() {
-            match write_frames(&self.stream, frames.iter().map(|f| &f[..])) {
+            match self.write_now(frames.iter().map(|f| &f[..])) {
                 Ok(written) => skip = written,
                 Err(_) => return self.begin_close(&mut out, CloseReason::IoError),
             }
@@ -143,8 +155,14 @@ impl Conn {
         }
         if out.bytes > max_queue {
             tracing::warn!(conn = self.id, client = self.client_id, queued = out.bytes, "slow consumer: closing");
+            // Keep the unwritten rest of a partly written frame: a close frame sent after
+            // half a frame would be read as its payload, and the client would see garbage.
+            let offset = out.offset;
+            let partial = if offset > 0 { out.frames.pop_front() } else { None };
             out.frames.clear();
-            (out.offset, out.bytes) = (0, 0);
+            out.bytes = partial.as_ref().map_or(0, |f| f.len() - offset);
+            out.offset = if partial.is_some() { offset } else { 0 };
+            out.frames.extend(partial);
             return self.begin_close(&mut out, CloseReason::SlowConsumer);
         }
         if !out.frames.is_empty() {
@@ -169,9 +187,30 @@ impl Conn {
         self.wake.notify_one();
     }
 
-    /// Writes what is queued; `Ok(true)` when the queue is empty.
+    /// Hands bytes to the socket (through the TLS session, if any) without waiting;
+    /// returns how many were taken.
+    fn write_now<'a>(&self, frames: impl Iterator<Item = &'a [u8]>) -> io::Result<usize> {
+        match &self.tls {
+            None => write_frames(&self.stream, frames),
+            Some(session) => tls::write(&mut lock(session), &self.stream, frames),
+        }
+    }
+
+    /// Writes the TLS records still waiting in the session; `Ok(true)` when none are left
+    /// (always, on a plain socket).
+    fn drain_tls(&self) -> io::Result<bool> {
+        match &self.tls {
+            None => Ok(true),
+            Some(session) => tls::drain(&mut lock(session), &self.stream),
+        }
+    }
+
+    /// Writes what is queued; `Ok(true)` when nothing is left to write.
     fn flush(&self) -> io::Result<bool> {
         let mut out = self.outbox();
+        if !self.drain_tls()? {
+            return Ok(false);
+        }
         if out.frames.is_empty() {
             return Ok(true);
         }
@@ -179,7 +218,7 @@ impl Conn {
         let written = {
             let mut slices = out.frames.iter().map(|f| &f[..]);
             let head = slices.next().map(|f| &f[first..]);
-            write_frames(&self.stream, head.into_iter().chain(slices))?
+            self.write_now(head.into_iter().chain(slices))?
         };
         out.bytes -= written;
         let mut left = written + out.offset;
@@ -194,7 +233,7 @@ impl Conn {
         if out.frames.is_empty() {
             out.frames = VecDeque::new();
         }
-        Ok(out.frames.is_empty())
+        Ok(out.frames.is_empty() && self.drain_tls()?)
     }
 
     fn closing(&self) -> Option<CloseReason> {
@@ -215,6 +254,12 @@ impl Conn {
             self.send(&[websocket::ping_frame()], usize::MAX);
         }
     }
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked (each update is
+/// applied whole), so a poisoned lock is used as it is.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Writes as much of `frames` as the socket takes now, without waiting; returns the bytes
@@ -252,6 +297,10 @@ pub(crate) async fn serve(node: &Node, conn: &Conn, leftover: &[u8]) -> CloseRea
     let mut inbound = Vec::new();
     let mut rate = RateWindow::default();
     reader.feed(leftover, &mut inbound);
+    if let Some(session) = &conn.tls {
+        // Bytes decrypted during the handshake but not read as part of the request head.
+        let _ = tls::decrypted(&mut lock(session), &mut |plain: &[u8]| reader.feed(plain, &mut inbound));
+    }
     handle_inbound(node, conn, &mut inbound);
     loop {
         let pending = !conn.flush().unwrap_or(true);
@@ -325,7 +374,16 @@ fn read_available(conn: &Conn, reader: &mut FrameReader, inbound: &mut Vec<Inbou
             Ok(0) => return Ok(false),
             Ok(n) => {
                 conn.last_read.store(now_ms, Ordering::Relaxed);
-                reader.feed(&buf[..n], inbound);
+                if let Some(session) = &conn.tls {
+                    let open = tls::read(&mut lock(session), &buf[..n], |plain| reader.feed(plain, inbound))?;
+                    // Handshake messages and alerts may need an answer.
+                    conn.wake.notify_one();
+                    if !open {
+                        return Ok(false);
+                    }
+                } else {
+                    reader.feed(&buf[..n], inbound);
+                }
                 if n < buf.len() || !inbound.is_empty() {
                     break;
                 }
@@ -348,6 +406,10 @@ async fn linger(conn: &Conn, reason: CloseReason) {
             if conn.stream.writable().await.is_err() {
                 return;
             }
+        }
+        if let Some(session) = &conn.tls {
+            lock(session).send_close_notify();
+            let _ = conn.drain_tls();
         }
         let _ = socket2::SockRef::from(&conn.stream).shutdown(std::net::Shutdown::Write);
         while conn.stream.readable().await.is_ok() && !discard_available(conn) {}

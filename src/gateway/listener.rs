@@ -13,12 +13,14 @@ use super::metrics::Refusal;
 use super::{Node, presence, websocket};
 use crate::protocol::{self, TokenValue};
 use bytes::Bytes;
+use rustls::ServerConnection;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 
 /// Largest request head accepted (request line and headers).
 const MAX_REQUEST_HEAD: usize = 8 * 1024;
@@ -52,21 +54,22 @@ struct Upgrade {
     leftover: Vec<u8>,
 }
 
-async fn handle(node: Arc<Node>, mut stream: TcpStream, peer: SocketAddr) {
+async fn handle(node: Arc<Node>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
     // Every step but `serve` is boxed: a task's future is as large as its largest state,
     // and only `serve` lasts; the handshake's buffers and Redis futures must not.
-    let upgrade = match tokio::time::timeout(HANDSHAKE_TIMEOUT, Box::pin(handshake(&node, &mut stream))).await {
-        Ok(Some(upgrade)) => upgrade,
-        Ok(None) => return,
-        Err(_) => {
-            tracing::debug!(%peer, "handshake timed out");
-            return;
-        }
-    };
+    let (stream, session, upgrade) =
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, Box::pin(accept(&node, stream))).await {
+            Ok(Some(accepted)) => accepted,
+            Ok(None) => return,
+            Err(_) => {
+                tracing::debug!(%peer, "handshake timed out");
+                return;
+            }
+        };
     let id = node.next_conn_id.fetch_add(1, Ordering::Relaxed);
     let token_value = Bytes::from(upgrade.token_value);
-    let conn = Arc::new(Conn::new(id, upgrade.client_id, token_value, stream, node.now_ms()));
+    let conn = Arc::new(Conn::new(id, upgrade.client_id, token_value, stream, session, node.now_ms()));
     node.registry.insert(conn.clone());
     if node.shutdown.is_cancelled() {
         conn.close(connection::CloseReason::Shutdown);
@@ -81,8 +84,22 @@ async fn handle(node: Arc<Node>, mut stream: TcpStream, peer: SocketAddr) {
     tracing::debug!(conn = id, client = conn.client_id, ?reason, "disconnected");
 }
 
+/// The TLS handshake when configured, then the HTTP upgrade; the socket, its TLS session
+/// and the upgrade when it is now a WebSocket.
+async fn accept(node: &Node, mut stream: TcpStream) -> Option<(TcpStream, Option<ServerConnection>, Upgrade)> {
+    let Some(config) = &node.config.tls else {
+        let upgrade = handshake(node, &mut stream).await?;
+        return Some((stream, None, upgrade));
+    };
+    let mut tls = TlsAcceptor::from(config.clone()).accept(stream).await.ok()?;
+    let upgrade = handshake(node, &mut tls).await?;
+    tls.flush().await.ok()?;
+    let (stream, session) = tls.into_inner();
+    Some((stream, Some(session), upgrade))
+}
+
 /// Reads the request head and answers it; `Some` when the socket is now a WebSocket.
-async fn handshake(node: &Node, stream: &mut TcpStream) -> Option<Upgrade> {
+async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(node: &Node, stream: &mut S) -> Option<Upgrade> {
     let (head, leftover) = read_head(stream).await?;
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
@@ -106,7 +123,7 @@ async fn handshake(node: &Node, stream: &mut TcpStream) -> Option<Upgrade> {
 
 /// Reads until the end of the request head; `None` if the peer closes or it is too long
 /// (then a 431 has been sent).
-async fn read_head(stream: &mut TcpStream) -> Option<(Vec<u8>, Vec<u8>)> {
+async fn read_head<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) -> Option<(Vec<u8>, Vec<u8>)> {
     let mut buf = Vec::with_capacity(1024);
     loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {

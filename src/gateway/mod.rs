@@ -17,6 +17,7 @@ mod listener;
 pub mod metrics;
 mod presence;
 pub mod registry;
+mod tls;
 pub mod websocket;
 
 pub use self::config::{ConfigError, GatewayConfig, Settings};
