@@ -143,6 +143,21 @@ fn a_taken_port_is_a_one_line_error() {
     }
 }
 
+#[test]
+fn help_still_works_and_a_missing_redis_is_a_one_line_error() {
+    let help = Command::new(env!("CARGO_BIN_EXE_freeim")).arg("--help").output().unwrap();
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(help.status.success() && text.contains("demo") && text.contains("--gateway"), "{text}");
+
+    let dead_redis = format!("redis://127.0.0.1:{}/0", free_port());
+    let args = ["demo", "--redis", &dead_redis, "--servers", "127.0.0.1:6001", "--listen", "127.0.0.1:0"];
+    let out = Command::new(env!("CARGO_BIN_EXE_freeim")).args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(stderr.lines().filter(|l| l.starts_with("error")).count(), 1, "{stderr}");
+    assert!(stderr.contains("error: --redis: cannot reach Redis"), "{stderr}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_routes_on_a_redis_cluster() {
     let cluster = Cluster::start(Kind::Redis, 2).await;
