@@ -53,6 +53,12 @@ async function eventually(what, check, timeout = WAIT_MS) {
   }
 }
 
+/** Empties `dir` (screenshots and logs of the previous run), creating it when missing. */
+function fresh(dir) {
+  fs.rmSync(dir, { recursive: true, force: true });
+  fs.mkdirSync(dir, { recursive: true });
+}
+
 /** A child process whose output goes to a log file under `dir`. */
 class Child {
   constructor(dir, name, command, args) {
@@ -95,7 +101,7 @@ class AllInOne {
   }
 
   async start() {
-    fs.mkdirSync(this.dir, { recursive: true });
+    fresh(this.dir);
     const [web, gateway] = [await freePort(), await freePort()];
     this.url = `http://127.0.0.1:${web}/`;
     this.process = new Child(this.dir, 'freeim', FREEIM_BIN, [
@@ -135,7 +141,7 @@ class Cluster {
   }
 
   async start() {
-    fs.mkdirSync(this.dir, { recursive: true });
+    fresh(this.dir);
     const redisPort = await freePort();
     const redisUrl = `redis://127.0.0.1:${redisPort}/0`;
     this.redis = new Child(this.dir, 'redis', 'redis-server', [
