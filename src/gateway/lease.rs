@@ -84,11 +84,21 @@ pub(crate) async fn clean_own(node: &Node) -> bool {
     }
 }
 
+/// Takes or renews this node's lease; whether the backend took it.
+pub(crate) async fn take(node: &Node) -> bool {
+    let lease = node.client.keys().node_lease(&node.config.server);
+    match node.client.backend().set_ex(&lease, "alive", LEASE_TTL_SECS).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not renew node lease");
+            false
+        }
+    }
+}
+
 async fn renew_and_check(node: &Node) {
     let (client, me) = (&node.client, &node.config.server);
-    let lease = client.keys().node_lease(me);
-    if let Err(e) = client.backend().set_ex(&lease, "alive", LEASE_TTL_SECS).await {
-        tracing::warn!(error = %e, "could not renew node lease");
+    if !take(node).await {
         return;
     }
     for other in client.servers().iter().filter(|s| *s != me) {

@@ -117,9 +117,15 @@ impl Gateway {
             next_conn_id: AtomicU64::new(first_conn_id()),
             clock: Instant::now(),
         });
-        // Before serving: undo the presence a previous run of this node left behind (a retry
-        // runs in the lease task if the backend cannot be reached now).
-        let _ = tokio::time::timeout(STARTUP_CLEANUP_TIMEOUT, lease::clean_own(&node)).await;
+        // Before serving: take the lease (a node that records sockets without one looks dead
+        // to the others, which then clean up its live clients' presence), and undo the
+        // presence a previous run of this node left behind (the lease task retries both if
+        // the backend cannot be reached now).
+        let startup = async {
+            lease::take(&node).await;
+            lease::clean_own(&node).await
+        };
+        let _ = tokio::time::timeout(STARTUP_CLEANUP_TIMEOUT, startup).await;
         let tasks = TaskTracker::new();
         tasks.spawn(listener::run(node.clone(), listener));
         tasks.spawn(dispatch::run(node.clone(), subscription));
