@@ -5,6 +5,10 @@
 //! Each test binary compiles this module and uses a part of it.
 #![allow(dead_code)]
 
+mod wire;
+#[allow(unused_imports)]
+pub use wire::*;
+
 use freeim::backend::{Backend, MemoryBackend, RedisBackend};
 use freeim::gateway::{Gateway, GatewayConfig};
 use freeim::{ImClient, ImClientOptions};
@@ -163,11 +167,10 @@ impl Cluster {
         ws
     }
 
-    /// Gracefully stops every node.
+    /// Gracefully stops every node, all at once (each may wait up to the close linger for
+    /// clients that do not answer its close frame).
     pub async fn shutdown(self) {
-        for node in self.nodes {
-            node.shutdown().await;
-        }
+        futures_util::future::join_all(self.nodes.into_iter().map(Gateway::shutdown)).await;
     }
 }
 

@@ -1,0 +1,133 @@
+//! Presence: exact `{P}Online` counts, online/offline events, channel membership dropped
+//! only with a client's last socket, and force offline.
+
+mod common;
+use common::*;
+use freeim::protocol::TokenValue;
+use freeim::{EventStream, PresenceEvent};
+use futures_util::StreamExt;
+
+async fn next_event(events: &mut EventStream) -> PresenceEvent {
+    tokio::time::timeout(WAIT, events.next()).await.expect("a presence event").unwrap()
+}
+
+fn token(id: i64) -> TokenValue {
+    TokenValue { client_id: id, meta: Some("meta".to_owned()) }
+}
+
+async fn live_events(cluster: &Cluster) -> EventStream {
+    let events = cluster.im.event_bus();
+    eventually(|| async { events.is_live() }).await;
+    events
+}
+
+both!(online_counts_every_socket, |kind| async move {
+    let cluster = Cluster::start(kind, 3).await;
+    let a = cluster.connect(7).await;
+    let b = cluster.connect(7).await;
+    let c = cluster.connect(7).await;
+    let other = cluster.connect(8).await;
+    eventually(|| async { cluster.online().await == pairs(&[("7", "3"), ("8", "1")]) }).await;
+    assert_eq!(cluster.im.get_client_list_by_online().await.unwrap().len(), 2);
+    a.close().await;
+    eventually(|| async { cluster.online().await == pairs(&[("7", "2"), ("8", "1")]) }).await;
+    b.close().await;
+    other.close().await;
+    eventually(|| async { cluster.online().await == pairs(&[("7", "1")]) }).await;
+    c.close().await;
+    eventually(|| async { cluster.online().await.is_empty() }).await;
+    assert!(!cluster.im.has_online(7).await.unwrap());
+    cluster.shutdown().await;
+});
+
+both!(each_socket_publishes_online_and_offline_events, |kind| async move {
+    let cluster = Cluster::start(kind, 2).await;
+    let keys = cluster.im.keys();
+    let mut raw = cluster.backend().subscribe(vec![keys.event_online().to_owned(), keys.event_offline().to_owned()]);
+    eventually(|| async { *raw.live.borrow() }).await;
+    let mut events = live_events(&cluster).await;
+    let a = cluster.connect(9).await;
+    let b = cluster.connect(9).await;
+    assert_eq!(next_event(&mut events).await, PresenceEvent::Online(token(9)));
+    assert_eq!(next_event(&mut events).await, PresenceEvent::Online(token(9)));
+    a.close().await;
+    assert_eq!(next_event(&mut events).await, PresenceEvent::Offline(token(9)));
+    b.close().await;
+    assert_eq!(next_event(&mut events).await, PresenceEvent::Offline(token(9)));
+    // The exact payloads: the token value as the business side stored it.
+    for channel in [keys.event_online(), keys.event_online(), keys.event_offline(), keys.event_offline()] {
+        let message = tokio::time::timeout(WAIT, raw.messages.recv()).await.unwrap().unwrap();
+        assert_eq!((message.channel.as_str(), &message.payload[..]), (channel, &br#"{"Item1":9,"Item2":"meta"}"#[..]));
+    }
+    cluster.shutdown().await;
+});
+
+both!(channels_are_left_when_the_last_socket_closes, |kind| async move {
+    let cluster = Cluster::start(kind, 1).await;
+    let keys = cluster.im.keys();
+    let mut events = live_events(&cluster).await;
+    let first = cluster.connect(4).await;
+    let second = cluster.connect(4).await;
+    let member = cluster.connect(5).await;
+    for _ in 0..3 {
+        assert!(matches!(next_event(&mut events).await, PresenceEvent::Online(_)));
+    }
+    cluster.im.join_chan(4, &["a", "b"]).await.unwrap();
+    cluster.im.join_chan(5, &["a"]).await.unwrap();
+    let state = || async {
+        (
+            cluster.hash(&keys.chan("a")).await,
+            cluster.hash(&keys.chan("b")).await,
+            cluster.hash(&keys.client(4)).await,
+            cluster.hash(keys.list_chan()).await,
+        )
+    };
+    let joined = (
+        pairs(&[("4", "0"), ("5", "0")]),
+        pairs(&[("4", "0")]),
+        pairs(&[("a", "0"), ("b", "0")]),
+        pairs(&[("a", "2"), ("b", "1")]),
+    );
+    assert_eq!(state().await, joined);
+    // One of two sockets closes: the offline event comes after any channel leave would.
+    first.close().await;
+    assert_eq!(next_event(&mut events).await, PresenceEvent::Offline(token(4)));
+    assert_eq!(state().await, joined);
+    assert_eq!(cluster.online().await, pairs(&[("4", "1"), ("5", "1")]));
+    second.close().await;
+    assert_eq!(next_event(&mut events).await, PresenceEvent::Offline(token(4)));
+    assert_eq!(state().await, (pairs(&[("5", "0")]), vec![], vec![], pairs(&[("a", "1")])));
+    assert_eq!(cluster.online().await, pairs(&[("5", "1")]));
+    assert_eq!(cluster.hash(&keys.client(5)).await, pairs(&[("a", "0")]));
+    drop(member); // closed by the client: no close linger at shutdown
+    cluster.shutdown().await;
+});
+
+both!(force_offline_closes_every_socket_of_the_client, |kind| async move {
+    let cluster = Cluster::start(kind, 3).await;
+    let keys = cluster.im.keys();
+    let mut a = cluster.connect(6).await;
+    let mut b = cluster.connect(6).await;
+    let mut bystander = cluster.connect(3).await; // same node as 6
+    cluster.im.join_chan(6, &["room"]).await.unwrap();
+    cluster.im.join_chan(3, &["room"]).await.unwrap();
+    let mut events = live_events(&cluster).await;
+    cluster.im.force_offline(6).await.unwrap();
+    assert_eq!(a.expect_close().await, (1001, "disconnect".to_owned()));
+    assert_eq!(b.expect_close().await, (1001, "disconnect".to_owned()));
+    assert_eq!(next_event(&mut events).await, PresenceEvent::Offline(token(6)));
+    assert_eq!(next_event(&mut events).await, PresenceEvent::Offline(token(6)));
+    assert_eq!(cluster.online().await, pairs(&[("3", "1")]));
+    assert_eq!(cluster.hash(&keys.chan("room")).await, pairs(&[("3", "0")]));
+    assert_eq!(cluster.hash(&keys.client(6)).await, vec![]);
+    assert_eq!(cluster.hash(keys.list_chan()).await, pairs(&[("room", "1")]));
+    cluster.im.send_chan_message(0, "room", "still").await.unwrap();
+    assert_eq!(bystander.recv_text().await, "\"still\"");
+    // Forcing an unknown or offline client is a no-op.
+    cluster.im.force_offline(6).await.unwrap();
+    cluster.im.force_offline(99).await.unwrap();
+    bystander.expect_silence().await;
+    assert_eq!(cluster.online().await, pairs(&[("3", "1")]));
+    drop((a, b, bystander)); // closed by the client: no close linger at shutdown
+    cluster.shutdown().await;
+});

@@ -1,0 +1,154 @@
+//! The `freeim server` process: flags, environment, one-line errors, and SIGTERM.
+
+mod common;
+use common::*;
+use freeim::protocol::TokenValue;
+use freeim::{ImClient, ImClientOptions, PresenceEvent};
+use futures_util::StreamExt;
+
+/// Asserts a failed start: non-zero exit, and exactly one line on stderr containing `needle`.
+fn assert_one_line_error(args: &[&str], envs: &[(&str, &str)], needle: &str) {
+    let (code, stderr) = run_freeim(args, envs);
+    assert!(code.is_some_and(|c| c != 0), "{args:?}: exit {code:?}, stderr {stderr:?}");
+    assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr:?}");
+    assert!(stderr.contains(needle), "{args:?}: {stderr:?} does not name {needle}");
+}
+
+#[test]
+fn bad_settings_exit_non_zero_with_one_line_naming_the_flag() {
+    let a = format!("127.0.0.1:{}", free_port());
+    let b = format!("127.0.0.1:{}", free_port());
+    let redis = "redis://127.0.0.1:1/0";
+    let dir = std::env::temp_dir().join(format!("freeim-process-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let unknown_key = dir.join("unknown.toml");
+    std::fs::write(&unknown_key, "bogus-key = 1\n").unwrap();
+    let bad_toml = dir.join("bad.toml");
+    std::fs::write(&bad_toml, "ping-interval = \n").unwrap();
+    let missing = dir.join("missing.toml");
+    let (unknown, bad, missing) =
+        (unknown_key.to_str().unwrap(), bad_toml.to_str().unwrap(), missing.to_str().unwrap());
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--redis", redis, "--server", &b, "--servers", &a], "--server"),
+        (vec!["--redis", redis, "--server", &a, "--servers", &a, "--ping-interval", "abc"], "--ping-interval"),
+        (vec!["--redis", redis, "--server", &a, "--servers", &a, "--pong-timeout", "0"], "--pong-timeout"),
+        (vec!["--server", &a, "--servers", &a], "--redis"),
+        (vec!["--redis", "http://nope", "--server", &a, "--servers", &a], "--redis"),
+        (vec!["--redis", redis, "--servers", &a], "--server"),
+        (vec!["--redis", redis, "--server", &a], "--servers"),
+        (vec!["--redis", redis, "--server", "nohost", "--servers", "nohost"], "--servers"),
+        (vec!["--redis", redis, "--server", &a, "--servers", &a, "--path", "ws"], "--path"),
+        (vec!["--redis", redis, "--server", &a, "--servers", &a, "--bogus"], "--bogus"),
+        (vec!["--redis", redis, "--server", &a, "--servers", &a, "--config", unknown], "bogus-key"),
+        (vec!["--redis", redis, "--server", &a, "--servers", &a, "--config", bad], "--config"),
+        (vec!["--redis", redis, "--server", &a, "--servers", &a, "--config", missing], "--config"),
+    ];
+    for (flags, needle) in cases {
+        let args: Vec<&str> = std::iter::once("server").chain(flags).collect();
+        assert_one_line_error(&args, &[], needle);
+    }
+    assert_one_line_error(
+        &["server"],
+        &[("FREEIM_REDIS", redis), ("FREEIM_SERVER", &a), ("FREEIM_SERVERS", &a), ("FREEIM_PING_INTERVAL", "x")],
+        "--ping-interval",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Starts, serves and on SIGTERM closes every socket with 1001, cleans all presence and
+/// channel membership, publishes the offline events and exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_serves_and_stops_cleanly_on_sigterm() {
+    let redis = RedisServer::start();
+    let (a, b) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
+    let servers = format!("{a},{b}");
+    let args = ["server", "--redis", &redis.url(), "--server", &a, "--servers", &servers];
+    let mut process = ServerProcess::start(&args, &[], a.parse().unwrap()).await;
+    let im = ImClient::connect(&redis.url(), ImClientOptions::new([a.clone(), b.clone()])).unwrap();
+    let mut events = im.event_bus();
+    eventually(|| async { events.is_live() }).await;
+    // Ids 2 and 4 belong to node a (the process); 4 has two sockets.
+    let mut sockets = Vec::new();
+    for id in [2, 4, 4] {
+        sockets.push(Ws::connect(&im.prev_connect_server(id, Some("m")).await.unwrap()).await.unwrap());
+    }
+    eventually(|| async { redis.hash("im_v2_wsOnline") == pairs(&[("2", "1"), ("4", "2")]) }).await;
+    im.join_chan(2, &["room"]).await.unwrap();
+    im.join_chan(4, &["room", "x"]).await.unwrap();
+    im.send_chan_message(0, "room", "hello").await.unwrap();
+    for ws in &mut sockets {
+        assert_eq!(ws.recv_text().await, "\"hello\"");
+    }
+    for _ in 0..3 {
+        assert!(matches!(tokio::time::timeout(WAIT, events.next()).await.unwrap(), Some(PresenceEvent::Online(_))));
+    }
+
+    process.terminate();
+    for ws in &mut sockets {
+        assert_eq!(ws.expect_close().await, (1001, "shutdown".to_owned()));
+    }
+    assert_eq!(process.wait_exit(WAIT * 2).await, Some(0), "{}", process.stderr_text());
+    assert_eq!(redis.hash("im_v2_wsOnline"), vec![]);
+    for key in ["im_v2_wsChanroom", "im_v2_wsChanx", "im_v2_wsClient2", "im_v2_wsClient4", "im_v2_wsListChan"] {
+        assert_eq!(redis.hash(key), vec![], "{key}");
+    }
+    let mut offline = Vec::new();
+    for _ in 0..3 {
+        match tokio::time::timeout(WAIT, events.next()).await.unwrap() {
+            Some(PresenceEvent::Offline(value)) => offline.push(value.client_id),
+            other => panic!("expected an offline event, got {other:?}"),
+        }
+    }
+    offline.sort();
+    assert_eq!(offline, [2, 4, 4]);
+    let _ = TokenValue { client_id: 0, meta: None };
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_from_environment_variables_and_a_config_file() {
+    let redis = RedisServer::start();
+    let a = format!("127.0.0.1:{}", free_port());
+    let envs = [
+        ("FREEIM_REDIS", redis.url()),
+        ("FREEIM_SERVER", a.clone()),
+        ("FREEIM_SERVERS", a.clone()),
+        ("FREEIM_PATH", "/chat".to_owned()),
+    ];
+    let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let process = ServerProcess::start(&["server"], &envs, a.parse().unwrap()).await;
+    let options = ImClientOptions { path: "/chat".to_owned(), ..ImClientOptions::new([a.clone()]) };
+    let im = ImClient::connect(&redis.url(), options).unwrap();
+    let url = im.prev_connect_server(5, None).await.unwrap();
+    assert!(url.contains("/chat?token="), "{url}");
+    let mut ws = Ws::connect(&url).await.expect("upgrade on FREEIM_PATH");
+    eventually(|| async { redis.hash("im_v2_chatOnline") == pairs(&[("5", "1")]) }).await;
+    im.send_message(0, &[5], "env", false).await.unwrap();
+    assert_eq!(ws.recv_text().await, "\"env\"");
+    assert_eq!(http_status(process.addr, "/ws").await, 404);
+    drop(process);
+
+    // The same from a --config file; a flag wins over the file.
+    let b = format!("127.0.0.1:{}", free_port());
+    let file = std::env::temp_dir().join(format!("freeim-config-{}-{}.toml", std::process::id(), free_port()));
+    std::fs::write(
+        &file,
+        format!(
+            "redis = '{}'\nserver = '{b}'\nservers = ['{b}']\npath = '/file'\nallow-token-reuse = true\n",
+            redis.url()
+        ),
+    )
+    .unwrap();
+    let process = ServerProcess::start(
+        &["server", "--config", file.to_str().unwrap(), "--path", "/flag"],
+        &[],
+        b.parse().unwrap(),
+    )
+    .await;
+    let options = ImClientOptions { path: "/flag".to_owned(), ..ImClientOptions::new([b.clone()]) };
+    let im = ImClient::connect(&redis.url(), options).unwrap();
+    let url = im.prev_connect_server(6, None).await.unwrap();
+    let _first = Ws::connect(&url).await.expect("upgrade on the --path flag");
+    let _again = Ws::connect(&url).await.expect("allow-token-reuse from the file");
+    assert_eq!(http_status(process.addr, "/file").await, 404);
+    let _ = std::fs::remove_file(&file);
+}

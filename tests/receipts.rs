@@ -1,0 +1,112 @@
+//! Receipts: a sender asking for one gets, per receiver, "发送成功" (delivered) or
+//! "用户不在线" (offline) as an ordinary message from the receiver, byte for byte as FreeIM.
+
+mod common;
+use common::*;
+use freeim::backend::Subscription;
+
+fn receipt(content: &str, status: &str) -> String {
+    format!(r#"{{"content":{},"receipt":"{status}"}}"#, serde_json::to_string(content).unwrap())
+}
+
+/// The next payload published on a subscription, as text.
+async fn next_payload(subscription: &mut Subscription) -> String {
+    let message = tokio::time::timeout(WAIT, subscription.messages.recv()).await.expect("a publish").unwrap();
+    String::from_utf8(message.payload.to_vec()).unwrap()
+}
+
+both!(delivered_receipt_across_nodes, |kind| async move {
+    let cluster = Cluster::start(kind, 3).await;
+    let mut sender = cluster.connect(1).await; // node 1
+    let mut receiver = cluster.connect(2).await; // node 2
+    cluster.im.send_message(1, &[2], "hi", true).await.unwrap();
+    assert_eq!(receiver.recv_text().await, "\"hi\"");
+    assert_eq!(sender.recv_text().await, r#"{"content":"\"hi\"","receipt":"发送成功"}"#);
+    sender.expect_silence().await;
+    receiver.expect_silence().await;
+    drop((sender, receiver)); // closed by the client: no close linger at shutdown
+    cluster.shutdown().await;
+});
+
+both!(receipt_is_published_to_the_senders_node_as_freeim_does, |kind| async move {
+    let cluster = Cluster::start(kind, 3).await;
+    let mut watch = cluster.backend().subscribe(vec![cluster.im.keys().server(&cluster.servers[1])]);
+    eventually(|| async { *watch.live.borrow() }).await;
+    let receiver = cluster.connect(2).await;
+    cluster.im.send_message(4, &[2, 5], "hi", true).await.unwrap();
+    // Receipts go from each receiver to sender 4 (node 1), receipt off; 2 is online, 5 is not.
+    let mut got = vec![next_payload(&mut watch).await, next_payload(&mut watch).await];
+    got.sort();
+    let want = [
+        r#"{"Item1":2,"Item2":[4],"Item3":"{\"content\":\"\\\"hi\\\"\",\"receipt\":\"发送成功\"}","Item4":false}"#,
+        r#"{"Item1":5,"Item2":[4],"Item3":"{\"content\":\"\\\"hi\\\"\",\"receipt\":\"用户不在线\"}","Item4":false}"#,
+    ];
+    assert_eq!(got, want);
+    drop(receiver); // closed by the client: no close linger at shutdown
+    cluster.shutdown().await;
+});
+
+both!(offline_receipt_when_the_receiver_has_no_socket, |kind| async move {
+    let cluster = Cluster::start(kind, 3).await;
+    let mut sender = cluster.connect(1).await;
+    let message = serde_json::json!({"text": "anyone?"});
+    cluster.im.send_message(1, &[5], &message, true).await.unwrap();
+    assert_eq!(sender.recv_text().await, receipt(r#"{"text":"anyone?"}"#, "用户不在线"));
+    sender.expect_silence().await;
+    drop(sender); // closed by the client: no close linger at shutdown
+    cluster.shutdown().await;
+});
+
+both!(one_receipt_per_receiver, |kind| async move {
+    let cluster = Cluster::start(kind, 3).await;
+    let mut sender = cluster.connect(1).await;
+    let mut a = cluster.connect(2).await;
+    let mut b = cluster.connect(3).await;
+    cluster.im.send_message(1, &[2, 3, 5, 2], "x", true).await.unwrap();
+    assert_eq!(a.recv_text().await, "\"x\"");
+    assert_eq!(b.recv_text().await, "\"x\"");
+    let mut got = vec![sender.recv_text().await, sender.recv_text().await, sender.recv_text().await];
+    got.sort();
+    let mut want = vec![receipt("\"x\"", "发送成功"), receipt("\"x\"", "发送成功"), receipt("\"x\"", "用户不在线")];
+    want.sort();
+    assert_eq!(got, want);
+    sender.expect_silence().await;
+    drop((sender, a, b)); // closed by the client: no close linger at shutdown
+    cluster.shutdown().await;
+});
+
+both!(no_receipt_from_the_system, |kind| async move {
+    let cluster = Cluster::start(kind, 1).await;
+    // Client 0 is connected: a receipt "to the system" would reach this socket.
+    let mut system = cluster.connect(0).await;
+    let mut receiver = cluster.connect(2).await;
+    cluster.im.send_message(0, &[2, 5], "sys", true).await.unwrap();
+    assert_eq!(receiver.recv_text().await, "\"sys\"");
+    system.expect_silence().await;
+    drop((system, receiver)); // closed by the client: no close linger at shutdown
+    cluster.shutdown().await;
+});
+
+both!(no_receipt_to_oneself, |kind| async move {
+    let cluster = Cluster::start(kind, 1).await;
+    let mut a = cluster.connect(3).await;
+    let mut b = cluster.connect(3).await;
+    cluster.im.send_message(3, &[3], "me", true).await.unwrap();
+    assert_eq!(a.recv_text().await, "\"me\"");
+    assert_eq!(b.recv_text().await, "\"me\"");
+    a.expect_silence().await;
+    b.expect_silence().await;
+    drop((a, b)); // closed by the client: no close linger at shutdown
+    cluster.shutdown().await;
+});
+
+both!(no_receipt_unless_asked, |kind| async move {
+    let cluster = Cluster::start(kind, 1).await;
+    let mut sender = cluster.connect(1).await;
+    let mut receiver = cluster.connect(2).await;
+    cluster.im.send_message(1, &[2, 5], "quiet", false).await.unwrap();
+    assert_eq!(receiver.recv_text().await, "\"quiet\"");
+    sender.expect_silence().await;
+    drop((sender, receiver)); // closed by the client: no close linger at shutdown
+    cluster.shutdown().await;
+});

@@ -1,0 +1,93 @@
+//! The node survives its surroundings: Redis dying and coming back, garbage on its channel.
+
+mod common;
+use common::*;
+use freeim::backend::Op;
+use std::time::Duration;
+
+/// Sends until the business side's Redis connection has recovered (a send issued while
+/// Redis is down fails fast and is not published).
+async fn send_when_redis_is_back(cluster: &Cluster, receivers: &[i64], message: &str) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while let Err(e) = cluster.im.send_message(0, receivers, message, false).await {
+        assert!(std::time::Instant::now() < deadline, "send keeps failing: {e}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_mid_traffic_is_survived() {
+    let mut cluster = Cluster::start(Kind::Redis, 2).await;
+    let mut a = cluster.connect(2).await; // node 0
+    let mut b = cluster.connect(3).await; // node 1
+    for i in 0..20 {
+        cluster.im.send_message(0, &[2, 3], &i, false).await.unwrap();
+    }
+    cluster.redis.as_mut().unwrap().kill();
+    for i in 0..20 {
+        assert_eq!(a.recv_text().await, i.to_string());
+        assert_eq!(b.recv_text().await, i.to_string());
+    }
+    for node in 0..2 {
+        wait_health(cluster.addr(node), 503).await;
+    }
+    // While Redis is down, sends fail and the sockets stay open.
+    assert!(cluster.im.send_message(0, &[2], "lost", false).await.is_err());
+    cluster.redis.as_mut().unwrap().restart();
+    for node in 0..2 {
+        wait_health(cluster.addr(node), 200).await;
+    }
+    send_when_redis_is_back(&cluster, &[2, 3], "after").await;
+    assert_eq!(a.recv_text().await, "\"after\"");
+    assert_eq!(b.recv_text().await, "\"after\"");
+    // The node still takes new sockets (token lookup on the new Redis) and delivers.
+    let mut c = cluster.connect(4).await;
+    cluster.im.send_message(0, &[4, 2], "new", false).await.unwrap();
+    assert_eq!(c.recv_text().await, "\"new\"");
+    assert_eq!(a.recv_text().await, "\"new\"");
+    a.expect_silence().await;
+    b.expect_silence().await;
+    drop((a, b, c)); // closed by the client: no close linger at shutdown
+    cluster.shutdown().await;
+}
+
+both!(garbage_on_the_node_channel_is_dropped, |kind| async move {
+    let cluster = Cluster::start(kind, 1).await;
+    let mut ws = cluster.connect(1).await;
+    let channel = cluster.im.keys().server(&cluster.servers[0]);
+    let garbage: Vec<&[u8]> = vec![
+        b"",
+        b"not json",
+        b"\xff\xfe\x00",
+        b"{\"Item1\":1}",
+        b"[1,2,3]",
+        b"__FreeIM__(ForceOffline)",
+        b"__FreeIM__(ForceOffline)one",
+        b"__FreeIM__(ChanMessage){\"Item1\":\"x\"}",
+        b"__FreeIM__(ChanMessage)",
+        b"{\"Item1\":1,\"Item2\":[1],\"Item3\":5,\"Item4\":false}",
+    ];
+    for payload in &garbage {
+        let op = Op::Publish { channel: channel.clone(), payload: payload.to_vec().into() };
+        cluster.backend().execute(vec![op]).await.unwrap();
+    }
+    // Garbage in the same batch as valid messages drops only itself.
+    let mut ops: Vec<Op> =
+        garbage.iter().map(|p| Op::Publish { channel: channel.clone(), payload: p.to_vec().into() }).collect();
+    ops.insert(
+        3,
+        Op::Publish {
+            channel: channel.clone(),
+            payload: r#"{"Item1":0,"Item2":[1],"Item3":"\"in batch\"","Item4":false}"#.into(),
+        },
+    );
+    cluster.backend().execute(ops).await.unwrap();
+    assert_eq!(ws.recv_text().await, "\"in batch\"");
+    cluster.im.send_message(0, &[1], "valid", false).await.unwrap();
+    assert_eq!(ws.recv_text().await, "\"valid\"");
+    ws.expect_silence().await;
+    assert_eq!(cluster.online().await, pairs(&[("1", "1")]));
+    assert_eq!(http_status(cluster.addr(0), "/healthz").await, 200);
+    drop(ws); // closed by the client: no close linger at shutdown
+    cluster.shutdown().await;
+});
