@@ -131,3 +131,26 @@ both!(force_offline_closes_every_socket_of_the_client, |kind| async move {
     drop((a, b, bystander)); // closed by the client: no close linger at shutdown
     cluster.shutdown().await;
 });
+
+// A force offline after a message in the same batch: the message first, then the close.
+both!(force_offline_comes_after_the_messages_before_it, |kind| async move {
+    use freeim::backend::Op;
+    use freeim::protocol::{DirectMessage, NodeCommand, to_json};
+    let cluster = Cluster::start(kind, 1).await;
+    let mut ws = cluster.connect(6).await;
+    let channel = cluster.im.keys().server(&cluster.servers[0]);
+    let publish = |command: NodeCommand| Op::Publish { channel: channel.clone(), payload: command.encode().into() };
+    let last = |i: usize| DirectMessage { sender: 0, receivers: vec![6], content: to_json(&i), receipt: false };
+    let ops = vec![
+        publish(NodeCommand::Direct(last(1))),
+        publish(NodeCommand::Direct(last(2))),
+        publish(NodeCommand::ForceOffline(6)),
+        publish(NodeCommand::Direct(last(3))),
+    ];
+    cluster.backend().execute(ops).await.unwrap();
+    assert_eq!(ws.recv_text().await, "1");
+    assert_eq!(ws.recv_text().await, "2");
+    assert_eq!(ws.expect_close().await, (1001, "disconnect".to_owned()));
+    eventually(|| async { cluster.online().await.is_empty() }).await;
+    cluster.shutdown().await;
+});

@@ -86,3 +86,24 @@ both!(healthz_answers_200, |kind| async move {
     }
     cluster.shutdown().await;
 });
+
+both!(a_malformed_token_value_is_refused, |kind| async move {
+    let cluster = Cluster::start(kind, 1).await;
+    let token = "cd".repeat(64);
+    let key = cluster.im.keys().token(&token);
+    cluster.backend().set_ex(&key, "{\"Item1\":\"not an id\"}", 10).await.unwrap();
+    let url = format!("ws://{}/ws?token={token}", cluster.servers[0]);
+    assert_eq!(Ws::connect(&url).await.err(), Some(401));
+    assert!(cluster.online().await.is_empty());
+    cluster.shutdown().await;
+});
+
+both!(an_oversized_request_head_gets_431, |kind| async move {
+    let cluster = Cluster::start(kind, 1).await;
+    let filler = "a".repeat(100);
+    let headers: String = (0..200).map(|i| format!("X-Filler-{i}: {filler}\r\n")).collect();
+    let request = format!("GET /ws?token=x HTTP/1.1\r\nHost: test\r\n{headers}\r\n");
+    assert_eq!(http_request(cluster.addr(0), &request).await, 431);
+    assert_eq!(http_status(cluster.addr(0), "/healthz").await, 200);
+    cluster.shutdown().await;
+});
