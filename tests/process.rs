@@ -2,7 +2,6 @@
 
 mod common;
 use common::*;
-use freeim::protocol::TokenValue;
 use freeim::{ImClient, ImClientOptions, PresenceEvent};
 use futures_util::StreamExt;
 
@@ -89,6 +88,7 @@ async fn server_serves_and_stops_cleanly_on_sigterm() {
     }
     assert_eq!(process.wait_exit(WAIT * 2).await, Some(0), "{}", process.stderr_text());
     assert_eq!(redis.hash("im_v2_wsOnline"), vec![]);
+    assert_eq!(redis.hash(&format!("im_v2_wsNodeSockets{a}")), vec![]);
     for key in ["im_v2_wsChanroom", "im_v2_wsChanx", "im_v2_wsClient2", "im_v2_wsClient4", "im_v2_wsListChan"] {
         assert_eq!(redis.hash(key), vec![], "{key}");
     }
@@ -101,7 +101,6 @@ async fn server_serves_and_stops_cleanly_on_sigterm() {
     }
     offline.sort();
     assert_eq!(offline, [2, 4, 4]);
-    let _ = TokenValue { client_id: 0, meta: None };
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

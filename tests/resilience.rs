@@ -15,11 +15,22 @@ async fn send_when_redis_is_back(cluster: &Cluster, receivers: &[i64], message: 
     }
 }
 
+/// A hash read with a fresh connection, or empty while Redis cannot be reached.
+fn redis_hash(cluster: &Cluster, key: &str) -> Vec<(String, String)> {
+    let Ok(mut conn) = redis::Client::open(cluster.redis().url()).and_then(|c| c.get_connection()) else {
+        return Vec::new();
+    };
+    let mut pairs: Vec<(String, String)> = redis::cmd("HGETALL").arg(key).query(&mut conn).unwrap_or_default();
+    pairs.sort();
+    pairs
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restart_mid_traffic_is_survived() {
     let mut cluster = Cluster::start(Kind::Redis, 2).await;
     let mut a = cluster.connect(2).await; // node 0
     let mut b = cluster.connect(3).await; // node 1
+    let gone = cluster.connect(5).await; // node 1; closes while Redis is down
     for i in 0..20 {
         cluster.im.send_message(0, &[2, 3], &i, false).await.unwrap();
     }
@@ -33,10 +44,14 @@ async fn redis_restart_mid_traffic_is_survived() {
     }
     // While Redis is down, sends fail and the sockets stay open.
     assert!(cluster.im.send_message(0, &[2], "lost", false).await.is_err());
+    gone.close().await;
+    eventually(|| async { cluster.nodes[1].connections() == 1 }).await;
     cluster.redis.as_mut().unwrap().restart();
     for node in 0..2 {
         wait_health(cluster.addr(node), 200).await;
     }
+    // Redis came back empty: each node records its live sockets again (and only those).
+    eventually(|| async { redis_hash(&cluster, "im_v2_wsOnline") == pairs(&[("2", "1"), ("3", "1")]) }).await;
     send_when_redis_is_back(&cluster, &[2, 3], "after").await;
     assert_eq!(a.recv_text().await, "\"after\"");
     assert_eq!(b.recv_text().await, "\"after\"");
