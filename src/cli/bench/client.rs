@@ -157,7 +157,7 @@ pub fn parse_frames(buf: &[u8], mut on: impl FnMut(Event<'_>)) -> Result<usize, 
         }
         let payload = &rest[header..header + len];
         match rest[0] & 0x0f {
-            0x1 | 0x0 | 0x2 => on(Event::Text(payload)),
+            0x0..=0x2 => on(Event::Text(payload)),
             0x8 => on(Event::Close),
             0x9 => on(Event::Ping(payload)),
             _ => {}

@@ -121,7 +121,6 @@ fn plan(args: &AllArgs) -> Vec<Step> {
             }
         }
     }
-    drop(push);
     steps
 }
 
