@@ -106,12 +106,15 @@ both!(channels_are_left_when_the_last_socket_closes, |kind| async move {
 both!(force_offline_closes_every_socket_of_the_client, |kind| async move {
     let cluster = Cluster::start(kind, 3).await;
     let keys = cluster.im.keys();
+    let mut events = live_events(&cluster).await;
     let mut a = cluster.connect(6).await;
     let mut b = cluster.connect(6).await;
     let mut bystander = cluster.connect(3).await; // same node as 6
+    for id in [6, 6, 3] {
+        assert_eq!(next_event(&mut events).await, PresenceEvent::Online(token(id)));
+    }
     cluster.im.join_chan(6, &["room"]).await.unwrap();
     cluster.im.join_chan(3, &["room"]).await.unwrap();
-    let mut events = live_events(&cluster).await;
     cluster.im.force_offline(6).await.unwrap();
     assert_eq!(a.expect_close().await, (1001, "disconnect".to_owned()));
     assert_eq!(b.expect_close().await, (1001, "disconnect".to_owned()));

@@ -8,7 +8,7 @@ use std::time::Duration;
 /// Sends until the business side's Redis connection has recovered (a send issued while
 /// Redis is down fails fast and is not published).
 async fn send_when_redis_is_back(cluster: &Cluster, receivers: &[i64], message: &str) {
-    let deadline = std::time::Instant::now() + WAIT;
+    let deadline = std::time::Instant::now() + RECOVERY;
     while let Err(e) = cluster.im.send_message(0, receivers, message, false).await {
         assert!(std::time::Instant::now() < deadline, "send keeps failing: {e}");
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -51,7 +51,8 @@ async fn redis_restart_mid_traffic_is_survived() {
         wait_health(cluster.addr(node), 200).await;
     }
     // Redis came back empty: each node records its live sockets again (and only those).
-    eventually(|| async { redis_hash(&cluster, "im_v2_wsOnline") == pairs(&[("2", "1"), ("3", "1")]) }).await;
+    let restored = || async { redis_hash(&cluster, "im_v2_wsOnline") == pairs(&[("2", "1"), ("3", "1")]) };
+    eventually_within(RECOVERY, restored).await;
     send_when_redis_is_back(&cluster, &[2, 3], "after").await;
     assert_eq!(a.recv_text().await, "\"after\"");
     assert_eq!(b.recv_text().await, "\"after\"");

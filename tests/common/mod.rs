@@ -125,22 +125,39 @@ impl Cluster {
 
     /// `n` nodes; `tweak` adjusts each node's configuration.
     pub async fn start_with(kind: Kind, n: usize, tweak: impl Fn(&mut GatewayConfig)) -> Self {
-        let servers: Vec<String> = (0..n).map(|_| format!("127.0.0.1:{}", free_port())).collect();
-        let (redis, memory) = match kind {
+        let (mut redis, mut memory) = match kind {
             Kind::Redis => (Some(RedisServer::start()), None),
             Kind::Memory => (None, Some(MemoryBackend::new())),
         };
-        let im = ImClient::new(backend_of(&redis, &memory), ImClientOptions::new(servers.clone())).unwrap();
-        let mut cluster = Cluster { redis, memory, nodes: Vec::new(), im, servers };
-        for server in cluster.servers.clone() {
-            let refs: Vec<&str> = cluster.servers.iter().map(String::as_str).collect();
-            let mut config = GatewayConfig::new(&server, &refs).unwrap();
-            tweak(&mut config);
-            let node = Gateway::start(config, cluster.backend()).await.unwrap();
-            cluster.nodes.push(node);
+        // A port found free may be taken before the node binds it (tests run in parallel):
+        // then start again on other ports.
+        for _ in 0..5 {
+            let servers: Vec<String> = (0..n).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+            let im = ImClient::new(backend_of(&redis, &memory), ImClientOptions::new(servers.clone())).unwrap();
+            let mut cluster = Cluster { redis: redis.take(), memory: memory.take(), nodes: Vec::new(), im, servers };
+            let mut bound = true;
+            for server in cluster.servers.clone() {
+                let refs: Vec<&str> = cluster.servers.iter().map(String::as_str).collect();
+                let mut config = GatewayConfig::new(&server, &refs).unwrap();
+                tweak(&mut config);
+                match Gateway::start(config, cluster.backend()).await {
+                    Ok(node) => cluster.nodes.push(node),
+                    Err(freeim::gateway::GatewayError::Bind { .. }) => {
+                        bound = false;
+                        break;
+                    }
+                    Err(e) => panic!("gateway start: {e}"),
+                }
+            }
+            if bound {
+                cluster.wait_live().await;
+                return cluster;
+            }
+            let nodes = std::mem::take(&mut cluster.nodes);
+            futures_util::future::join_all(nodes.into_iter().map(Gateway::shutdown)).await;
+            (redis, memory) = (cluster.redis.take(), cluster.memory.take());
         }
-        cluster.wait_live().await;
-        cluster
+        panic!("no free ports for {n} nodes after 5 attempts");
     }
 
     /// A fresh backend handle on the cluster's Redis or shared in-process broker.

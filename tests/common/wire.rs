@@ -2,7 +2,7 @@
 //! client that reads raw bytes (and can stay silent), a tungstenite client with a tiny
 //! receive buffer (a slow consumer), and `freeim server` child processes.
 
-use super::{WAIT, Ws, eventually};
+use super::{WAIT, Ws};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -255,9 +255,25 @@ pub fn run_freeim(args: &[&str], envs: &[(&str, &str)]) -> (Option<i32>, String)
     (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
 }
 
-/// Waits until `addr` answers `/healthz` with `status`.
+/// Waits until `addr` answers `/healthz` with `status`, up to [`RECOVERY`].
 pub async fn wait_health(addr: SocketAddr, status: u16) {
-    eventually(|| async move { http_status(addr, "/healthz").await == status }).await;
+    eventually_within(RECOVERY, || async move { http_status(addr, "/healthz").await == status }).await;
+}
+
+/// How long a test waits for recovery after Redis comes back (reconnect back-off included).
+pub const RECOVERY: Duration = Duration::from_secs(15);
+
+/// Polls `check` until it is true, failing the test after `within`.
+pub async fn eventually_within<F, Fut>(within: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(Instant::now() < deadline, "condition not met within {within:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 impl super::Cluster {
