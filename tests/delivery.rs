@@ -18,11 +18,16 @@ both!(direct_message_reaches_every_socket_of_the_receiver, |kind| async move {
 both!(frames_are_the_content_byte_for_byte, |kind| async move {
     let cluster = Cluster::start(kind, 1).await;
     let long = "x".repeat(300);
+    let huge = "z".repeat(70_000);
     let cases: Vec<(serde_json::Value, Vec<u8>)> = vec![
         (serde_json::json!("hi"), b"\x81\x04\"hi\"".to_vec()),
         (serde_json::json!({"a": 1}), b"\x81\x07{\"a\":1}".to_vec()),
         (serde_json::json!("发送"), [b"\x81\x08\"".as_slice(), "发送".as_bytes(), b"\""].concat()),
         (serde_json::json!(long), [&[0x81, 126, 1, 46][..], format!("\"{long}\"").as_bytes()].concat()),
+        (
+            serde_json::json!(huge),
+            [&[0x81, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x72][..], format!("\"{huge}\"").as_bytes()].concat(),
+        ),
     ];
     let mut raw = RawWs::connect(&cluster.url(2).await).await;
     eventually(|| async { cluster.im.has_online(2).await.unwrap() }).await;
@@ -185,5 +190,22 @@ both!(merged_channel_messages_arrive_in_order, |kind| async move {
     }
     expect_silence_all([&mut member, &mut member2, &mut outsider]).await;
     drop((member, member2, outsider)); // closed by the client: no close linger at shutdown
+    cluster.shutdown().await;
+});
+
+// Channel member fields are client ids; `0` (the system) and non-numeric fields are
+// skipped, as FreeIM does, even when a socket of client 0 is connected.
+both!(channel_members_zero_and_non_numeric_are_skipped, |kind| async move {
+    let cluster = Cluster::start(kind, 1).await;
+    let mut zero = cluster.connect(0).await;
+    let mut member = cluster.connect(5).await;
+    cluster.im.join_chan(0, &["room"]).await.unwrap();
+    cluster.im.join_chan(5, &["room"]).await.unwrap();
+    let op = freeim::backend::Op::HIncrBy { key: cluster.im.keys().chan("room"), field: "abc".into(), by: 0 };
+    cluster.backend().execute(vec![op]).await.unwrap();
+    cluster.im.send_chan_message(7, "room", "members").await.unwrap();
+    assert_eq!(member.recv_text().await, "\"members\"");
+    zero.expect_silence().await;
+    drop((zero, member)); // closed by the client: no close linger at shutdown
     cluster.shutdown().await;
 });
