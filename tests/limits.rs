@@ -96,3 +96,31 @@ both!(a_dead_peer_is_closed_by_the_heartbeat, |kind| async move {
     drop((dead, alive)); // closed by the client: no close linger at shutdown
     cluster.shutdown().await;
 });
+
+// Below the queue limit, a burst bigger than the kernel buffers waits in the node's queue
+// and reaches a client that reads late whole and in order (partial writes resumed).
+both!(a_burst_beyond_the_kernel_buffers_is_queued_in_order, |kind| async move {
+    let cluster = Cluster::start_with(kind, 1, |c| c.max_queue_bytes = 32 * 1024 * 1024).await;
+    let mut late = connect_small_buffer(&cluster.url(1).await).await;
+    let mut other = cluster.connect(2).await;
+    eventually(|| async { cluster.online().await == pairs(&[("1", "1"), ("2", "1")]) }).await;
+    let channel = cluster.im.keys().server(&cluster.servers[0]);
+    const N: usize = 100;
+    let publish = |i: usize| {
+        // Sizes vary so that frame boundaries and partial writes fall everywhere.
+        let content = to_json(&format!("{i:04}{}", "q".repeat(40_000 + i * 517)));
+        let message = NodeCommand::Direct(DirectMessage { sender: 0, receivers: vec![1], content, receipt: false });
+        Op::Publish { channel: channel.clone(), payload: message.encode().into() }
+    };
+    cluster.backend().execute((0..N).map(publish).collect()).await.unwrap();
+    cluster.im.send_message(0, &[2], "marker", false).await.unwrap();
+    assert_eq!(other.recv_text().await, "\"marker\"");
+    for i in 0..N {
+        let want = format!("\"{i:04}{}\"", "q".repeat(40_000 + i * 517));
+        assert!(late.recv_text().await == want, "frame {i}");
+    }
+    late.expect_silence().await;
+    assert_eq!(cluster.online().await, pairs(&[("1", "1"), ("2", "1")]));
+    drop((late, other)); // closed by the client: no close linger at shutdown
+    cluster.shutdown().await;
+});
