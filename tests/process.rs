@@ -151,3 +151,22 @@ async fn settings_from_environment_variables_and_a_config_file() {
     assert_eq!(http_status(process.addr, "/file").await, 404);
     let _ = std::fs::remove_file(&file);
 }
+
+// With Redis gone, SIGTERM still closes every socket with 1001 and the process exits
+// within its drain timeout (presence cannot be cleaned: Redis is down).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_redis_down_still_exits() {
+    let mut redis = RedisServer::start();
+    let a = format!("127.0.0.1:{}", free_port());
+    let args = ["server", "--redis", &redis.url(), "--server", &a, "--servers", &a, "--drain-timeout", "3"];
+    let mut process = ServerProcess::start(&args, &[], a.parse().unwrap()).await;
+    let im = ImClient::connect(&redis.url(), ImClientOptions::new([a.clone()])).unwrap();
+    let mut ws = Ws::connect(&im.prev_connect_server(1, None).await.unwrap()).await.unwrap();
+    eventually(|| async { redis.hash("im_v2_wsOnline") == pairs(&[("1", "1")]) }).await;
+    redis.kill();
+    wait_health(process.addr, 503).await;
+    process.terminate();
+    assert_eq!(ws.expect_close().await, (1001, "shutdown".to_owned()));
+    let code = process.wait_exit(WAIT * 2).await;
+    assert_eq!(code, Some(0), "{}", process.stderr_text());
+}
