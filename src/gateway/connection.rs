@@ -73,8 +73,9 @@ pub struct Conn {
     /// The token value JSON exactly as stored, published again with the offline event.
     pub token_value: Bytes,
     stream: TcpStream,
-    /// The TLS session for `wss://`; `None` for plain `ws://`. Locked after `out`.
-    tls: Option<Mutex<rustls::ServerConnection>>,
+    /// The TLS session for `wss://`; `None` for plain `ws://`. Locked after `out`. Boxed:
+    /// a session is ~1.2 KB, which a plain socket must not carry inline.
+    tls: Option<Box<Mutex<rustls::ServerConnection>>>,
     out: Mutex<Outbox>,
     /// Asks the task to flush the queue or to close.
     wake: Notify,
@@ -106,7 +107,7 @@ impl Conn {
     ) -> Self {
         let tls = tls.map(|mut session| {
             session.set_buffer_limit(Some(tls::SESSION_BUFFER));
-            Mutex::new(session)
+            Box::new(Mutex::new(session))
         });
         Conn {
             id,
