@@ -157,3 +157,30 @@ both!(force_offline_comes_after_the_messages_before_it, |kind| async move {
     eventually(|| async { cluster.online().await.is_empty() }).await;
     cluster.shutdown().await;
 });
+
+// The count is per client over all nodes: with sockets on two nodes (a second device that
+// reached another node), closing one keeps the client online and in its channels.
+both!(the_last_socket_on_any_node_leaves_the_channels, |kind| async move {
+    let cluster = Cluster::start(kind, 2).await;
+    let keys = cluster.im.keys();
+    let mut events = live_events(&cluster).await;
+    let home = cluster.connect(3).await; // node 1
+    let url = cluster.url(3).await.replace(&cluster.servers[1], &cluster.servers[0]);
+    let away = Ws::connect(&url).await.expect("a socket on node 0");
+    for _ in 0..2 {
+        assert_eq!(next_event(&mut events).await, PresenceEvent::Online(token(3)));
+    }
+    assert_eq!((cluster.nodes[0].connections(), cluster.nodes[1].connections()), (1, 1));
+    assert_eq!(cluster.online().await, pairs(&[("3", "2")]));
+    cluster.im.join_chan(3, &["room"]).await.unwrap();
+    home.close().await;
+    assert_eq!(next_event(&mut events).await, PresenceEvent::Offline(token(3)));
+    assert_eq!(cluster.online().await, pairs(&[("3", "1")]));
+    assert_eq!(cluster.hash(&keys.chan("room")).await, pairs(&[("3", "0")]));
+    away.close().await;
+    assert_eq!(next_event(&mut events).await, PresenceEvent::Offline(token(3)));
+    assert_eq!(cluster.online().await, vec![]);
+    assert_eq!(cluster.hash(&keys.chan("room")).await, vec![]);
+    assert_eq!(cluster.hash(keys.list_chan()).await, vec![]);
+    cluster.shutdown().await;
+});
