@@ -112,9 +112,11 @@ async fn settings_from_environment_variables_and_a_config_file() {
         ("FREEIM_SERVER", a.clone()),
         ("FREEIM_SERVERS", a.clone()),
         ("FREEIM_PATH", "/chat".to_owned()),
+        ("FREEIM_MAX_QUEUE_BYTES", "abc".to_owned()),
     ];
     let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let process = ServerProcess::start(&["server"], &envs, a.parse().unwrap()).await;
+    // A flag wins over its variable.
+    let process = ServerProcess::start(&["server", "--max-queue-bytes", "65536"], &envs, a.parse().unwrap()).await;
     let options = ImClientOptions { path: "/chat".to_owned(), ..ImClientOptions::new([a.clone()]) };
     let im = ImClient::connect(&redis.url(), options).unwrap();
     let url = im.prev_connect_server(5, None).await.unwrap();
