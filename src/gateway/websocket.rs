@@ -82,12 +82,18 @@ pub struct FrameReader {
     partial: Vec<u8>,
     /// Complete frames parsed so far (for the per-socket rate limit).
     frames: u64,
+    /// Set after a close frame or a violation: nothing more is parsed.
+    done: bool,
 }
 
 impl FrameReader {
     /// Feeds freshly read bytes; pushes onto `out` what needs an answer and stops at the
     /// first violation. Data frames are checked and skipped: FreeIM ignores inbound content.
     pub fn feed(&mut self, data: &[u8], out: &mut Vec<Inbound>) {
+        if self.done {
+            return;
+        }
+        let answered = out.len();
         if self.partial.is_empty() {
             let used = parse_frames(data, out, &mut self.frames);
             self.partial.extend_from_slice(&data[used..]);
@@ -96,7 +102,8 @@ impl FrameReader {
             let used = parse_frames(&self.partial, out, &mut self.frames);
             self.partial.drain(..used);
         }
-        if self.partial.is_empty() {
+        self.done = out[answered..].iter().any(|i| matches!(i, Inbound::Close(_) | Inbound::Violation(..)));
+        if self.done || self.partial.is_empty() {
             self.partial = Vec::new();
         }
     }
@@ -232,6 +239,24 @@ mod tests {
             ]
         );
         assert!(reader.partial.is_empty());
+    }
+
+    /// Found by the frame_reader fuzz target: after a close or a violation the reader must
+    /// stop, or the answers would depend on how the bytes were split across reads.
+    #[test]
+    fn reader_stops_after_close_or_violation() {
+        let mut bytes = masked(0x88, &[0x03, 0xe8]);
+        bytes.extend(masked(0x89, b"late"));
+        bytes.extend([0x81, 0x01, b'x']);
+        let mut whole = Vec::new();
+        FrameReader::default().feed(&bytes, &mut whole);
+        let mut split = Vec::new();
+        let mut reader = FrameReader::default();
+        for chunk in bytes.chunks(1) {
+            reader.feed(chunk, &mut split);
+        }
+        assert_eq!(whole, split);
+        assert_eq!(whole, vec![Inbound::Close(Bytes::from_static(b"\x88\x02\x03\xe8"))]);
     }
 
     #[test]
