@@ -241,7 +241,7 @@ mod tests {
         assert!(reader.partial.is_empty());
     }
 
-    /// Found by the frame_reader fuzz target: after a close or a violation the reader must
+    /// The frame_reader fuzz target's property: after a close or a violation the reader must
     /// stop, or the answers would depend on how the bytes were split across reads.
     #[test]
     fn reader_stops_after_close_or_violation() {
