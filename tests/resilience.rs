@@ -107,3 +107,38 @@ both!(garbage_on_the_node_channel_is_dropped, |kind| async move {
     drop(ws); // closed by the client: no close linger at shutdown
     cluster.shutdown().await;
 });
+
+// Redis comes back with its data (persistence): a socket that closed while Redis was down
+// could not be counted down then, and must not stay online as a ghost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_closed_while_redis_was_down_is_not_a_ghost() {
+    let mut cluster = Cluster::start(Kind::Redis, 1).await;
+    let dir = std::env::temp_dir().join(format!("freeim-redis-{}-{}", std::process::id(), cluster.redis().port));
+    std::fs::create_dir_all(&dir).unwrap();
+    // The same Redis, now persistent.
+    cluster.redis.as_mut().unwrap().kill();
+    cluster.redis.as_mut().unwrap().restart_from(&dir);
+    wait_health(cluster.addr(0), 200).await;
+    eventually_within(RECOVERY, || async { cluster.im.has_online(1).await.is_ok() }).await;
+    let mut stays = cluster.connect(2).await;
+    let leaves = cluster.connect(3).await;
+    cluster.im.join_chan(3, &["room"]).await.unwrap();
+    assert_eq!(redis_hash(&cluster, "im_v2_wsOnline"), pairs(&[("2", "1"), ("3", "1")]));
+    cluster.redis.as_mut().unwrap().kill();
+    wait_health(cluster.addr(0), 503).await;
+    leaves.close().await;
+    eventually(|| async { cluster.nodes[0].connections() == 1 }).await;
+    cluster.redis.as_mut().unwrap().restart_from(&dir);
+    wait_health(cluster.addr(0), 200).await;
+    let clean = || async {
+        redis_hash(&cluster, "im_v2_wsOnline") == pairs(&[("2", "1")])
+            && redis_hash(&cluster, "im_v2_wsChanroom").is_empty()
+            && redis_hash(&cluster, "im_v2_wsListChan").is_empty()
+    };
+    eventually_within(RECOVERY, clean).await;
+    send_when_redis_is_back(&cluster, &[2], "after").await;
+    assert_eq!(stays.recv_text().await, "\"after\"");
+    let _ = std::fs::remove_dir_all(&dir);
+    drop(stays); // closed by the client: no close linger at shutdown
+    cluster.shutdown().await;
+}

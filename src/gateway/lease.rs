@@ -57,6 +57,9 @@ pub(crate) async fn run(node: Arc<Node>) {
             node.metrics.resubscribed();
             tracing::warn!("node channel subscription re-established: restoring presence");
             restore_pending = true;
+            // Sockets that closed while Redis was unreachable could not be counted down; if
+            // Redis kept its data, their records are still there: clean them (live ones stay).
+            own_clean = false;
         }
         if restore_pending {
             restore_pending = !restore(&node).await;

@@ -312,3 +312,27 @@ pub fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
 pub async fn expect_silence_all<'a>(sockets: impl IntoIterator<Item = &'a mut Ws>) {
     futures_util::future::join_all(sockets.into_iter().map(Ws::expect_silence)).await;
 }
+
+impl super::RedisServer {
+    /// Starts it again on the same port with persistence in `dir` (an append-only file,
+    /// written on every command): after a kill, the next `restart_from(dir)` comes back
+    /// with every write, as a production Redis does after a crash.
+    pub fn restart_from(&mut self, dir: &std::path::Path) {
+        assert!(self.child.is_none(), "redis-server is already running");
+        let port = self.port.to_string();
+        let dir = dir.to_str().unwrap();
+        let args = ["--port", &port, "--bind", "127.0.0.1", "--dir", dir, "--save", "", "--appendonly", "yes"];
+        let child = Command::new("redis-server")
+            .args(args)
+            .args(["--appendfsync", "always"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        self.child = Some(child.unwrap());
+        let deadline = Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start on port {}", self.port);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
