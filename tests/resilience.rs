@@ -142,3 +142,26 @@ async fn a_socket_closed_while_redis_was_down_is_not_a_ghost() {
     drop(stays); // closed by the client: no close linger at shutdown
     cluster.shutdown().await;
 }
+
+// Redis drops the node's subscription (CLIENT KILL TYPE pubsub): the node subscribes again
+// and delivers what is published afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_subscription_is_re_established() {
+    let cluster = Cluster::start(Kind::Redis, 2).await;
+    let mut ws = cluster.connect(3).await; // node 1
+    let channel = cluster.im.keys().server(&cluster.servers[1]);
+    let subscribers = || {
+        let (_, count): (String, i64) = cluster.redis().cmd(&["PUBSUB", "NUMSUB", &channel]);
+        count
+    };
+    assert_eq!(subscribers(), 1);
+    let killed: i64 = cluster.redis().cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    assert!(killed >= 1);
+    eventually_within(RECOVERY, || async { subscribers() == 1 }).await;
+    wait_health(cluster.addr(1), 200).await;
+    cluster.im.send_message(0, &[3], "again", false).await.unwrap();
+    assert_eq!(ws.recv_text().await, "\"again\"");
+    assert_eq!(redis_hash(&cluster, "im_v2_wsOnline"), pairs(&[("3", "1")]));
+    drop(ws); // closed by the client: no close linger at shutdown
+    cluster.shutdown().await;
+}
