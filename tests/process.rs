@@ -172,3 +172,21 @@ async fn sigterm_with_redis_down_still_exits() {
     let code = process.wait_exit(WAIT * 2).await;
     assert_eq!(code, Some(0), "{}", process.stderr_text());
 }
+
+// A Redis that is down when the node starts is waited for, not fatal: /healthz says 503
+// until it is up, then the node serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_before_redis_serves_once_redis_is_up() {
+    let mut redis = RedisServer::start();
+    redis.kill();
+    let a = format!("127.0.0.1:{}", free_port());
+    let args = ["server", "--redis", &redis.url(), "--server", &a, "--servers", &a];
+    let process = ServerProcess::start_expecting(&args, &[], a.parse().unwrap(), 503).await;
+    redis.restart();
+    wait_health(process.addr, 200).await;
+    let im = ImClient::connect(&redis.url(), ImClientOptions::new([a.clone()])).unwrap();
+    let mut ws = Ws::connect(&im.prev_connect_server(1, None).await.unwrap()).await.expect("upgrade");
+    eventually(|| async { redis.hash("im_v2_wsOnline") == pairs(&[("1", "1")]) }).await;
+    im.send_message(0, &[1], "late redis", false).await.unwrap();
+    assert_eq!(ws.recv_text().await, "\"late redis\"");
+}

@@ -34,6 +34,7 @@ async fn redis_restart_mid_traffic_is_survived() {
     for i in 0..20 {
         cluster.im.send_message(0, &[2, 3], &i, false).await.unwrap();
     }
+    let url = cluster.url(6).await;
     cluster.redis.as_mut().unwrap().kill();
     for i in 0..20 {
         assert_eq!(a.recv_text().await, i.to_string());
@@ -42,8 +43,9 @@ async fn redis_restart_mid_traffic_is_survived() {
     for node in 0..2 {
         wait_health(cluster.addr(node), 503).await;
     }
-    // While Redis is down, sends fail and the sockets stay open.
+    // While Redis is down, sends fail, the sockets stay open and new ones get 503.
     assert!(cluster.im.send_message(0, &[2], "lost", false).await.is_err());
+    assert_eq!(Ws::connect(&url).await.err(), Some(503));
     gone.close().await;
     eventually(|| async { cluster.nodes[1].connections() == 1 }).await;
     cluster.redis.as_mut().unwrap().restart();

@@ -62,7 +62,9 @@ pub(crate) async fn run(node: Arc<Node>) {
             own_clean = false;
         }
         if restore_pending {
-            restore_pending = !restore(&node).await;
+            // The lease first: Redis may have come back without it, and records under a
+            // missing lease make the other nodes clean this live node up.
+            restore_pending = !(take(&node).await && restore(&node).await);
         }
         if !own_clean {
             own_clean = clean_own(&node).await;

@@ -175,6 +175,11 @@ impl ServerProcess {
     /// Runs `freeim` with `args` and `envs` (stderr captured to a file), and waits until
     /// `addr` answers `/healthz` with 200.
     pub async fn start(args: &[&str], envs: &[(&str, &str)], addr: SocketAddr) -> ServerProcess {
+        Self::start_expecting(args, envs, addr, 200).await
+    }
+
+    /// [`ServerProcess::start`], waiting for `/healthz` to answer `health` instead.
+    pub async fn start_expecting(args: &[&str], envs: &[(&str, &str)], addr: SocketAddr, health: u16) -> ServerProcess {
         let stderr = std::env::temp_dir().join(format!("freeim-test-{}-{}.log", std::process::id(), addr.port()));
         let file = std::fs::File::create(&stderr).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_freeim"))
@@ -191,10 +196,10 @@ impl ServerProcess {
             if let Ok(Some(status)) = process.child.try_wait() {
                 panic!("freeim exited with {status}: {}", process.stderr_text());
             }
-            if TcpStream::connect(addr).await.is_ok() && http_status(addr, "/healthz").await == 200 {
+            if TcpStream::connect(addr).await.is_ok() && http_status(addr, "/healthz").await == health {
                 return process;
             }
-            assert!(Instant::now() < deadline, "freeim did not serve /healthz: {}", process.stderr_text());
+            assert!(Instant::now() < deadline, "freeim did not answer /healthz {health}: {}", process.stderr_text());
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
