@@ -205,3 +205,23 @@ async fn http_get_text(addr: std::net::SocketAddr, path: &str) -> String {
     stream.read_to_string(&mut text).await.unwrap();
     text
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_lease_lapsed_records_its_live_sockets_again() {
+    let cluster = Cluster::start(Kind::Redis, 1).await;
+    let _a = cluster.connect(1).await;
+    let _b = cluster.connect(1).await;
+    let redis = cluster.redis();
+    let want = HashMap::from([(1, 2)]);
+    assert!(presence_matches(redis, &want, &cluster.servers).await);
+    // What a survivor does to a node it believes dead: its lease is gone, its sockets counted down.
+    let node = &cluster.servers[0];
+    let _: i64 = redis.cmd(&["DEL", &format!("im_v2_wsNodeLease{node}"), &format!("im_v2_wsNodeSockets{node}")]);
+    let _: i64 = redis.cmd(&["HDEL", "im_v2_wsOnline", "1"]);
+    assert!(presence_matches(redis, &HashMap::new(), &cluster.servers).await);
+    // At its next renewal (every 5 s) the node finds its lease lapsed and records both again.
+    eventually_within(Duration::from_secs(15), || async { presence_matches(redis, &want, &cluster.servers).await })
+        .await;
+    let lease: Option<String> = redis.cmd(&["GET", &format!("im_v2_wsNodeLease{node}")]);
+    assert!(lease.is_some());
+}

@@ -64,12 +64,14 @@ pub(crate) async fn run(node: Arc<Node>) {
         if restore_pending {
             // The lease first: Redis may have come back without it, and records under a
             // missing lease make the other nodes clean this live node up.
-            restore_pending = !(take(&node).await && restore(&node).await);
+            restore_pending = !(take(&node).await.is_some() && restore(&node).await);
         }
         if !own_clean {
             own_clean = clean_own(&node).await;
         }
-        renew_and_check(&node).await;
+        if renew_and_check(&node).await {
+            restore_pending = true;
+        }
     }
 }
 
@@ -89,28 +91,39 @@ pub(crate) async fn clean_own(node: &Node) -> bool {
     }
 }
 
-/// Takes or renews this node's lease; whether the backend took it.
-pub(crate) async fn take(node: &Node) -> bool {
+/// Takes or renews this node's lease: `Some(true)` if it was still alive, `Some(false)` if
+/// it had lapsed (or never existed), `None` if the backend failed.
+pub(crate) async fn take(node: &Node) -> Option<bool> {
+    let backend = node.client.backend();
     let lease = node.client.keys().node_lease(&node.config.server);
-    match node.client.backend().set_ex(&lease, "alive", LEASE_TTL_SECS).await {
-        Ok(()) => true,
+    let renewed = async {
+        let alive = backend.get(&lease, false).await?.is_some();
+        backend.set_ex(&lease, "alive", LEASE_TTL_SECS).await?;
+        Ok::<_, crate::backend::BackendError>(alive)
+    };
+    match renewed.await {
+        Ok(alive) => Some(alive),
         Err(e) => {
             tracing::warn!(error = %e, "could not renew node lease");
-            false
+            None
         }
     }
 }
 
-async fn renew_and_check(node: &Node) {
+/// Renews the lease and checks the other nodes'; `true` when this node's lease had lapsed,
+/// so a survivor may have cleaned its live sockets up and they must be recorded again.
+async fn renew_and_check(node: &Node) -> bool {
     let (client, me) = (&node.client, &node.config.server);
-    if !take(node).await {
-        return;
+    let Some(alive) = take(node).await else { return false };
+    if !alive && !node.registry.is_empty() {
+        tracing::warn!("this node's lease had lapsed: recording its live sockets again");
     }
     for other in client.servers().iter().filter(|s| *s != me) {
         if let Err(e) = check_node(node, other).await {
             tracing::warn!(error = %e, node = %other, "could not check node lease");
         }
     }
+    !alive && !node.registry.is_empty()
 }
 
 async fn check_node(node: &Node, other: &str) -> crate::Result<()> {
@@ -153,8 +166,7 @@ async fn clean_node(node: &Node, server: &str) -> crate::Result<usize> {
                 continue;
             }
         };
-        let live_here = server == node.config.server
-            && node.registry.with(client_id, |conns| conns.iter().any(|c| c.id == socket_id)).unwrap_or(false);
+        let live_here = server == node.config.server && node.registry.holds_socket(client_id, socket_id);
         if live_here {
             continue;
         }
@@ -175,6 +187,17 @@ pub(crate) async fn restore(node: &Node) -> bool {
             Ok(true) => restored += 1,
             Ok(false) => {}
             Err(e) => {
+                tracing::warn!(error = %e, "presence restore interrupted; retrying");
+                return false;
+            }
+        }
+        // The socket may have closed meanwhile: its close path (unregister, then count down)
+        // may have run before we recorded it again. Undo it then; counting down twice is
+        // impossible, so this is safe whichever ran first.
+        if !node.registry.holds(&conn) {
+            let result =
+                presence::close_socket(&node.client, &node.sockets_key, conn.client_id, conn.id, &conn.token_value);
+            if let Err(e) = result.await {
                 tracing::warn!(error = %e, "presence restore interrupted; retrying");
                 return false;
             }

@@ -41,6 +41,16 @@ impl Registry {
         self.clients.get(&client_id).map(|conns| f(&conns))
     }
 
+    /// Whether `conn` is (still) registered.
+    pub fn holds(&self, conn: &Conn) -> bool {
+        self.holds_socket(conn.client_id, conn.id)
+    }
+
+    /// Whether socket `socket` of `client_id` is registered.
+    pub fn holds_socket(&self, client_id: ClientId, socket: u64) -> bool {
+        self.with(client_id, |conns| conns.iter().any(|c| c.id == socket)).unwrap_or(false)
+    }
+
     /// Calls `f` for every client on this node with its sockets.
     pub fn for_each(&self, mut f: impl FnMut(ClientId, &[Arc<Conn>])) {
         for entry in self.clients.iter() {
