@@ -265,7 +265,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Writes as much of `frames` as the socket takes now, without waiting; returns the bytes
 /// written. A full socket (`WouldBlock`) is not an error.
-fn write_frames<'a>(stream: &TcpStream, frames: impl Iterator<Item = &'a [u8]>) -> io::Result<usize> {
+pub fn write_frames<'a>(stream: &TcpStream, frames: impl Iterator<Item = &'a [u8]>) -> io::Result<usize> {
     let mut frames = frames.filter(|f| !f.is_empty()).peekable();
     let mut total = 0;
     while frames.peek().is_some() {

@@ -64,6 +64,29 @@ pub fn ping_frame() -> Bytes {
     frame(OpCode::Control(Control::Ping), &[])
 }
 
+/// A masked frame as a client sends it: `first` is the FIN bit and opcode byte (`0x81` for
+/// a final text frame). Used by load generators and tests; the gateway only parses these.
+pub fn client_frame(first: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(14 + payload.len());
+    out.push(first);
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n < 65536 => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    let start = out.len();
+    out.extend_from_slice(payload);
+    apply_mask(&mut out[start..], mask);
+    out
+}
+
 /// What a client sent that the gateway acts on.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Inbound {
@@ -185,24 +208,7 @@ mod tests {
     use super::*;
 
     fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
-        let mask = [1, 2, 3, 4];
-        let mut out = vec![first];
-        match payload.len() {
-            n if n < 126 => out.push(0x80 | n as u8),
-            n if n < 65536 => {
-                out.push(0x80 | 126);
-                out.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                out.push(0x80 | 127);
-                out.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        out.extend_from_slice(&mask);
-        let mut body = payload.to_vec();
-        apply_mask(&mut body, mask);
-        out.extend_from_slice(&body);
-        out
+        client_frame(first, payload, [1, 2, 3, 4])
     }
 
     #[test]

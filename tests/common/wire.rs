@@ -93,22 +93,7 @@ impl RawWs {
 
 /// A masked client frame, as browsers send them.
 pub fn masked_frame(first: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [0x37, 0xfa, 0x21, 0x3d];
-    let mut out = vec![first];
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n if n < 65536 => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    out
+    freeim::gateway::websocket::client_frame(first, payload, [0x37, 0xfa, 0x21, 0x3d])
 }
 
 /// A tungstenite client whose kernel receive buffer is as small as the OS allows, so that a

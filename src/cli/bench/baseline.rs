@@ -12,9 +12,10 @@
 //! 1: to the sockets of client `target`), `i64 target`, and the frame payload.
 
 use bytes::Bytes;
+use freeim::gateway::connection::write_frames;
 use freeim::gateway::websocket;
 use std::collections::{HashMap, VecDeque};
-use std::io::{self, IoSlice};
+use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,8 +33,6 @@ const HEADER: usize = 9;
 const BACKLOG: u32 = 4096;
 /// Bytes read per control read (a burst of commands is handled as one batch).
 const CONTROL_READ: usize = 256 * 1024;
-/// Frames per vectored write (as the gateway).
-const MAX_IOV: usize = 128;
 /// Bytes read per socket read, on the stack.
 const READ_CHUNK: usize = 2048;
 
@@ -218,31 +217,6 @@ impl RawConn {
         }
         out.is_empty()
     }
-}
-
-fn write_frames<'a>(stream: &TcpStream, frames: impl Iterator<Item = &'a [u8]>) -> io::Result<usize> {
-    let mut frames = frames.filter(|f| !f.is_empty()).peekable();
-    let mut total = 0;
-    while frames.peek().is_some() {
-        let mut slices = [IoSlice::new(&[]); MAX_IOV];
-        let (mut count, mut wanted) = (0, 0);
-        for (slot, frame) in slices.iter_mut().zip(frames.by_ref()) {
-            *slot = IoSlice::new(frame);
-            wanted += frame.len();
-            count += 1;
-        }
-        match stream.try_write_vectored(&slices[..count]) {
-            Ok(n) => {
-                total += n;
-                if n < wanted {
-                    break;
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(total)
 }
 
 async fn accept_control(state: Arc<State>, listener: TcpListener) {

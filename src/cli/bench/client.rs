@@ -110,14 +110,9 @@ fn check_answer(head: &[u8]) -> Result<(), ConnectError> {
     Ok(())
 }
 
-/// A masked client frame (only control frames are ever sent, so payloads are ≤ 125 bytes).
+/// A final masked client frame with `opcode` (only control frames are ever sent).
 pub fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(6 + payload.len());
-    out.push(0x80 | opcode);
-    out.push(0x80 | payload.len().min(125) as u8);
-    out.extend_from_slice(&MASK);
-    out.extend(payload.iter().take(125).enumerate().map(|(i, b)| b ^ MASK[i & 3]));
-    out
+    freeim::gateway::websocket::client_frame(0x80 | opcode, payload, MASK)
 }
 
 /// What a connection saw in one read.
