@@ -50,12 +50,12 @@ while (( SECONDS - start < minutes * 60 )); do
     next_sample=$(( next_sample + 60 ))
   fi
 done
-sleep 2
-final=$(rss_kb)
-samples+=("$minutes $final")
 first=${samples[0]#* }
-echo "cycles: $cycles; RSS samples (minute kB): ${samples[*]}"
-echo "drift: $(( final - first )) kB from the first sample to the end ($(( (final - first) * 1024 / (cycles > 0 ? cycles : 1) )) bytes per cycle)"
+last=${samples[-1]#* }
+echo "cycles: $cycles; RSS at the end of a cycle, per minute (minute kB): ${samples[*]}"
+echo "drift: $(( last - first )) kB from the first to the last minute's sample"
+sleep 2
+echo "idle RSS after the run: $(rss_kb) kB"
 missing=$(python3 -c '
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
