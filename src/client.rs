@@ -5,7 +5,7 @@
 //! scripts as the reference, so a .NET `ImHelper` and this client can share one Redis.
 //! The gateway uses it too, for receipts and for leaving channels when a client goes away.
 
-use crate::backend::{Backend, Op, RedisBackend, Script, Subscription};
+use crate::backend::{Backend, Op, PubSubMessage, RedisBackend, SUBSCRIPTION_QUEUE, Script, Subscription};
 use crate::error::{Error, Result};
 use crate::protocol::{self, ChanMessage, ClientId, DirectMessage, Keys, NodeCommand, TokenValue};
 use bytes::Bytes;
@@ -16,6 +16,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::sync::{mpsc, watch};
 
 /// Default largest serialized message: 1 MiB. Every byte goes through Redis pub/sub once per
 /// node and is written to every receiving socket.
@@ -220,6 +221,7 @@ impl ImClient {
         let content = protocol::try_to_json(message)?;
         let limit = self.shared.max_message_bytes;
         if content.len() > limit {
+            tracing::warn!(size = content.len(), limit, "message refused: over max_message_bytes");
             return Err(Error::MessageTooLarge { size: content.len(), limit });
         }
         Ok(content)
@@ -330,12 +332,17 @@ impl ImClient {
     }
 
     /// Online and offline events of every node, as a stream. It survives Redis reconnects
-    /// (events published while disconnected are lost, as pub/sub is at-most-once).
+    /// (events published while disconnected are lost, as pub/sub is at-most-once). A task
+    /// reads the subscription in the background, so events wait for a consumer that is
+    /// busy; call it within a Tokio runtime.
     pub fn event_bus(&self) -> EventStream {
         let keys = &self.shared.keys;
         let subscription =
             self.shared.backend.subscribe(vec![keys.event_online().to_owned(), keys.event_offline().to_owned()]);
-        EventStream { subscription, online_channel: keys.event_online().to_owned() }
+        let live = subscription.live();
+        let (tx, messages) = mpsc::channel(SUBSCRIPTION_QUEUE);
+        tokio::spawn(forward(subscription, tx));
+        EventStream { messages, live, online_channel: keys.event_online().to_owned() }
     }
 
     /// Makes `client_id` a member of each of `chans` (empty names are skipped). Membership
@@ -427,18 +434,39 @@ fn parse_ids(fields: Vec<String>) -> Vec<ClientId> {
     fields.iter().filter_map(|f| f.parse().ok()).filter(|id| *id != 0).collect()
 }
 
+/// Reads `subscription` into `tx` until the [`EventStream`] is dropped. A full queue stops
+/// the reading, so Redis buffers for a slow consumer.
+async fn forward(mut subscription: Subscription, tx: mpsc::Sender<PubSubMessage>) {
+    let mut batch = Vec::new();
+    loop {
+        let received = tokio::select! {
+            n = subscription.recv_many(&mut batch, SUBSCRIPTION_QUEUE) => n,
+            _ = tx.closed() => return,
+        };
+        if received == 0 {
+            return;
+        }
+        for message in batch.drain(..) {
+            if tx.send(message).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
 /// The stream returned by [`ImClient::event_bus`]. Malformed event payloads are logged
 /// and skipped.
 #[derive(Debug)]
 pub struct EventStream {
-    subscription: Subscription,
+    messages: mpsc::Receiver<PubSubMessage>,
+    live: watch::Receiver<bool>,
     online_channel: String,
 }
 
 impl EventStream {
     /// Whether the underlying subscription is currently established.
     pub fn is_live(&self) -> bool {
-        *self.subscription.live.borrow()
+        *self.live.borrow()
     }
 }
 
@@ -447,7 +475,7 @@ impl Stream for EventStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<PresenceEvent>> {
         loop {
-            let Some(message) = std::task::ready!(self.subscription.messages.poll_recv(cx)) else {
+            let Some(message) = std::task::ready!(self.messages.poll_recv(cx)) else {
                 return Poll::Ready(None);
             };
             match serde_json::from_slice::<TokenValue>(&message.payload) {

@@ -32,9 +32,8 @@ impl Env {
 
     /// Subscribes to both node channels and waits until the subscription is live.
     async fn tap_nodes(&self) -> Subscription {
-        let sub = self.backend.subscribe(vec![format!("im_v2_wsServer{A}"), format!("im_v2_wsServer{B}")]);
-        let mut live = sub.live.clone();
-        tokio::time::timeout(WAIT, live.wait_for(|l| *l)).await.unwrap().unwrap();
+        let mut sub = self.backend.subscribe(vec![format!("im_v2_wsServer{A}"), format!("im_v2_wsServer{B}")]);
+        assert!(sub.ready().await, "subscribed");
         sub
     }
 
@@ -47,7 +46,7 @@ impl Env {
 
 /// The next published (channel, payload), as text.
 async fn next(sub: &mut Subscription) -> (String, String) {
-    let msg = tokio::time::timeout(WAIT, sub.messages.recv()).await.expect("a publish").unwrap();
+    let msg = tokio::time::timeout(WAIT, sub.recv()).await.expect("a publish").unwrap();
     (msg.channel, String::from_utf8(msg.payload.to_vec()).unwrap())
 }
 

@@ -87,7 +87,7 @@ async fn messages_over_the_business_side_limit_are_refused_unsent() {
     assert!(matches!(err, Error::MessageTooLarge { size: 31, limit: 16 }), "{err}");
     assert!(matches!(im.send_chan_message(1, "c", &"x".repeat(15)).await, Err(Error::MessageTooLarge { .. })));
     im.send_message(1, &[2], "fits", false).await.unwrap();
-    let first = sub.messages.recv().await.unwrap();
+    let first = sub.recv().await.unwrap();
     assert_eq!(&first.payload[..], br#"{"Item1":1,"Item2":[2],"Item3":"\"fits\"","Item4":false}"#);
 }
 

@@ -44,7 +44,7 @@ both!(each_socket_publishes_online_and_offline_events, |kind| async move {
     let cluster = Cluster::start(kind, 2).await;
     let keys = cluster.im.keys();
     let mut raw = cluster.backend().subscribe(vec![keys.event_online().to_owned(), keys.event_offline().to_owned()]);
-    eventually(|| async { *raw.live.borrow() }).await;
+    assert!(raw.ready().await, "subscribed");
     let mut events = live_events(&cluster).await;
     let a = cluster.connect(9).await;
     let b = cluster.connect(9).await;
@@ -56,7 +56,7 @@ both!(each_socket_publishes_online_and_offline_events, |kind| async move {
     assert_eq!(next_event(&mut events).await, PresenceEvent::Offline(token(9)));
     // The exact payloads: the token value as the business side stored it.
     for channel in [keys.event_online(), keys.event_online(), keys.event_offline(), keys.event_offline()] {
-        let message = tokio::time::timeout(WAIT, raw.messages.recv()).await.unwrap().unwrap();
+        let message = tokio::time::timeout(WAIT, raw.recv()).await.unwrap().unwrap();
         assert_eq!((message.channel.as_str(), &message.payload[..]), (channel, &br#"{"Item1":9,"Item2":"meta"}"#[..]));
     }
     cluster.shutdown().await;

@@ -11,7 +11,7 @@ fn receipt(content: &str, status: &str) -> String {
 
 /// The next payload published on a subscription, as text.
 async fn next_payload(subscription: &mut Subscription) -> String {
-    let message = tokio::time::timeout(WAIT, subscription.messages.recv()).await.expect("a publish").unwrap();
+    let message = tokio::time::timeout(WAIT, subscription.recv()).await.expect("a publish").unwrap();
     String::from_utf8(message.payload.to_vec()).unwrap()
 }
 
@@ -31,7 +31,7 @@ both!(delivered_receipt_across_nodes, |kind| async move {
 both!(receipt_is_published_to_the_senders_node_as_freeim_does, |kind| async move {
     let cluster = Cluster::start(kind, 3).await;
     let mut watch = cluster.backend().subscribe(vec![cluster.im.keys().server(&cluster.servers[1])]);
-    eventually(|| async { *watch.live.borrow() }).await;
+    assert!(watch.ready().await, "subscribed");
     let receiver = cluster.connect(2).await;
     cluster.im.send_message(4, &[2, 5], "hi", true).await.unwrap();
     // Receipts go from each receiver to sender 4 (node 1), receipt off; 2 is online, 5 is not.

@@ -5,7 +5,7 @@
 //! `EVAL` is), and pub/sub delivers to every current subscriber in publish order. A full
 //! subscriber queue makes the publisher wait (back-pressure) instead of dropping.
 
-use super::{BackendError, Op, PubSubMessage, SUBSCRIPTION_QUEUE, Script, Subscription};
+use super::{BackendError, Op, PubSubMessage, SUBSCRIPTION_QUEUE, Script, Source, Subscription};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -227,6 +227,6 @@ impl MemoryBackend {
         // receiver keeps its last value after the sender is gone).
         let (_, live) = watch::channel(true);
         let (_, epoch) = watch::channel(1);
-        Subscription { messages, live, epoch }
+        Subscription { source: Source::Memory(messages), live, epoch }
     }
 }

@@ -10,6 +10,7 @@
 //! Redis backend pipelines (one round trip) and the memory backend applies in order.
 
 pub mod memory;
+mod pubsub;
 pub mod redis;
 
 use bytes::Bytes;
@@ -18,8 +19,9 @@ use tokio::sync::{mpsc, watch};
 pub use self::memory::MemoryBackend;
 pub use self::redis::RedisBackend;
 
-/// How many pub/sub messages may wait between a backend's subscription and its consumer.
-/// When full, the backend stops reading (Redis then buffers on its side); nothing is dropped.
+/// How many pub/sub messages may wait for a consumer that is not reading the subscription
+/// itself: in the in-process broker (a full queue makes the publisher wait) and in
+/// [`crate::EventStream`] (a full queue stops reading, so Redis buffers). Nothing is dropped.
 pub const SUBSCRIPTION_QUEUE: usize = 8192;
 
 /// A backend failure. Callers decide whether to retry; the gateway logs and goes on.
@@ -125,18 +127,66 @@ pub struct PubSubMessage {
     pub payload: Bytes,
 }
 
-/// A live subscription. Messages arrive on `messages`; `live` is `true` while the backend
-/// is subscribed (Redis: between a successful SUBSCRIBE and the connection's loss). The
-/// subscription resubscribes by itself after a loss and ends when this value is dropped.
+/// A subscription, read by the task that consumes it: messages are only received while
+/// [`Subscription::recv_many`] or [`Subscription::recv`] is awaited (on Redis, the awaiting
+/// task reads the socket itself; see [`pubsub`]). It resubscribes by itself after a loss and
+/// ends when dropped.
 #[derive(Debug)]
 pub struct Subscription {
-    /// Received messages, in publish order.
-    pub messages: mpsc::Receiver<PubSubMessage>,
-    /// Whether the subscription is currently established.
-    pub live: watch::Receiver<bool>,
-    /// How many times it has been established (1 after the first SUBSCRIBE). Unlike `live`,
-    /// a loss and recovery between two looks cannot go unnoticed.
-    pub epoch: watch::Receiver<u64>,
+    source: Source,
+    live: watch::Receiver<bool>,
+    epoch: watch::Receiver<u64>,
+}
+
+#[derive(Debug)]
+enum Source {
+    Redis(Box<pubsub::RedisSubscriber>),
+    Memory(mpsc::Receiver<PubSubMessage>),
+}
+
+impl Subscription {
+    /// Waits for at least one message, then appends it and every other message already
+    /// received, up to `max`, to `out`, in publish order. Returns how many were appended;
+    /// 0 only when the in-process broker is gone (a Redis subscription never ends).
+    pub async fn recv_many(&mut self, out: &mut Vec<PubSubMessage>, max: usize) -> usize {
+        match &mut self.source {
+            Source::Redis(subscriber) => subscriber.recv_many(out, max).await,
+            Source::Memory(messages) => messages.recv_many(out, max).await,
+        }
+    }
+
+    /// Subscribes now unless already subscribed (one attempt, at most a few seconds), and
+    /// tells whether it is: so a caller can be subscribed before it depends on messages.
+    pub async fn ready(&mut self) -> bool {
+        match &mut self.source {
+            Source::Redis(subscriber) => subscriber.ready().await,
+            Source::Memory(_) => true,
+        }
+    }
+
+    /// The next message; `None` only when the in-process broker is gone.
+    pub async fn recv(&mut self) -> Option<PubSubMessage> {
+        let mut one = Vec::with_capacity(1);
+        self.recv_many(&mut one, 1).await;
+        one.pop()
+    }
+
+    /// Whether the subscription is established (Redis: between a confirmed SUBSCRIBE and
+    /// the loss of its connection, as last seen by a `recv`).
+    pub fn is_live(&self) -> bool {
+        *self.live.borrow()
+    }
+
+    /// Follows [`Subscription::is_live`].
+    pub fn live(&self) -> watch::Receiver<bool> {
+        self.live.clone()
+    }
+
+    /// How many times it has been established (1 after the first SUBSCRIBE). Unlike
+    /// `live`, a loss and recovery between two looks cannot go unnoticed.
+    pub fn epoch(&self) -> watch::Receiver<u64> {
+        self.epoch.clone()
+    }
 }
 
 /// Redis or the in-process broker. Cheap to clone; clones share connections.
@@ -200,7 +250,8 @@ impl Backend {
     pub async fn hgetall(&self, key: &str) -> Result<Vec<(String, String)>, BackendError> {
         delegate!(self, b => b.hgetall(key).await)
     }
-    /// Subscribes to `channels`; see [`Subscription`].
+    /// Subscribes to `channels`; see [`Subscription`]. On Redis it connects when first read
+    /// or made [`Subscription::ready`].
     pub fn subscribe(&self, channels: Vec<String>) -> Subscription {
         delegate!(self, b => b.subscribe(channels))
     }

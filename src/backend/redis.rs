@@ -1,24 +1,20 @@
 //! The Redis backend: one multiplexed, self-reconnecting command connection shared by every
-//! caller, plus one dedicated connection per subscription with its own reconnect loop.
+//! caller, plus one dedicated connection per subscription ([`super::pubsub`]).
 //!
 //! Commands are exactly those of the reference (`SET … EX`, `GET`, `HKEYS`, `HMGET`,
 //! `HGETALL`, `PUBLISH`, `HINCRBY`, `EVAL`), with `GETDEL` for single-use tokens.
 //! A command issued while Redis is down fails fast with [`BackendError::Redis`]; the
 //! connection manager reconnects in the background so the next command works again.
 
-use super::{BackendError, Op, PubSubMessage, SUBSCRIPTION_QUEUE, Script, Subscription};
-use bytes::Bytes;
-use futures_util::StreamExt;
+use super::pubsub::{RedisSubscriber, Target};
+use super::{BackendError, Op, Script, Source, Subscription};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
 
 /// How long one connection attempt to Redis may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a command may wait for its reply before it fails.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
-/// First and longest pause between two subscription reconnect attempts (doubling).
-const RESUBSCRIBE_BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(2));
 
 /// A Redis server, shared by clones.
 #[derive(Clone)]
@@ -105,69 +101,8 @@ impl RedisBackend {
     }
 
     pub(super) fn subscribe(&self, channels: Vec<String>) -> Subscription {
-        let (tx, messages) = mpsc::channel(SUBSCRIPTION_QUEUE);
-        let (live_tx, live) = watch::channel(false);
-        let (epoch_tx, epoch) = watch::channel(0);
-        tokio::spawn(subscription_loop(self.client.clone(), channels, tx, live_tx, epoch_tx));
-        Subscription { messages, live, epoch }
-    }
-}
-
-/// Keeps one subscription alive: connect, SUBSCRIBE, forward messages; on loss, flag it,
-/// back off and start again. Ends when the [`Subscription`] is dropped.
-async fn subscription_loop(
-    client: redis::Client,
-    channels: Vec<String>,
-    tx: mpsc::Sender<PubSubMessage>,
-    live: watch::Sender<bool>,
-    epoch: watch::Sender<u64>,
-) {
-    let mut backoff = RESUBSCRIBE_BACKOFF.0;
-    while !tx.is_closed() {
-        match subscribe_once(&client, &channels, &tx, &live, &epoch).await {
-            Ok(()) => backoff = RESUBSCRIBE_BACKOFF.0,
-            Err(e) => tracing::warn!(error = %e, ?channels, "redis subscription failed; retrying"),
-        }
-        live.send_replace(false);
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = tx.closed() => return,
-        }
-        backoff = (backoff * 2).min(RESUBSCRIBE_BACKOFF.1);
-    }
-}
-
-/// One connection's life: returns `Ok` when an established subscription was lost.
-async fn subscribe_once(
-    client: &redis::Client,
-    channels: &[String],
-    tx: &mpsc::Sender<PubSubMessage>,
-    live: &watch::Sender<bool>,
-    epoch: &watch::Sender<u64>,
-) -> Result<(), BackendError> {
-    let mut pubsub = tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub())
-        .await
-        .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "connect timed out")))??;
-    pubsub.subscribe(channels).await?;
-    live.send_replace(true);
-    epoch.send_modify(|n| *n += 1);
-    tracing::info!(?channels, "redis subscription established");
-    let mut stream = pubsub.into_on_message();
-    loop {
-        let msg = tokio::select! {
-            msg = stream.next() => msg,
-            _ = tx.closed() => return Ok(()),
-        };
-        let Some(msg) = msg else {
-            tracing::warn!(?channels, "redis subscription lost");
-            return Ok(());
-        };
-        let message = PubSubMessage {
-            channel: msg.get_channel_name().to_owned(),
-            payload: Bytes::copy_from_slice(msg.get_payload_bytes()),
-        };
-        if tx.send(message).await.is_err() {
-            return Ok(());
-        }
+        let target = Target::new(self.client.get_connection_info());
+        let (subscriber, live, epoch) = RedisSubscriber::new(target, channels);
+        Subscription { source: Source::Redis(Box::new(subscriber)), live, epoch }
     }
 }

@@ -28,7 +28,7 @@ pub(crate) async fn run(node: Arc<Node>, mut subscription: Subscription) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
         let received = tokio::select! {
-            n = subscription.messages.recv_many(&mut batch, MAX_BATCH) => n,
+            n = subscription.recv_many(&mut batch, MAX_BATCH) => n,
             _ = node.shutdown.cancelled() => return,
         };
         if received == 0 {

@@ -102,11 +102,11 @@ impl Gateway {
         let client = ImClient::new(backend, options)?;
         let listener = bind(config.listen).map_err(|source| GatewayError::Bind { addr: config.listen, source })?;
         let local_addr = listener.local_addr().map_err(|source| GatewayError::Bind { addr: config.listen, source })?;
-        let subscription = client.backend().subscribe(vec![client.keys().server(&config.server)]);
+        let mut subscription = client.backend().subscribe(vec![client.keys().server(&config.server)]);
         let sockets_key = client.keys().node_sockets(&config.server);
         let node = Arc::new(Node {
-            live: subscription.live.clone(),
-            epoch: subscription.epoch.clone(),
+            live: subscription.live(),
+            epoch: subscription.epoch(),
             config,
             client,
             registry: Registry::default(),
@@ -122,6 +122,7 @@ impl Gateway {
         // presence a previous run of this node left behind (the lease task retries both if
         // the backend cannot be reached now).
         let startup = async {
+            subscription.ready().await;
             lease::take(&node).await;
             lease::clean_own(&node).await
         };
