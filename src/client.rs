@@ -319,16 +319,17 @@ impl ImClient {
         Ok(parse_ids(self.hkeys(self.shared.keys.online().to_owned()).await?))
     }
 
-    /// Whether `client_id` has at least one socket on any node.
+    /// Whether `client_id` has at least one socket on any node (`HGET {P}Online`).
     pub async fn has_online(&self, client_id: ClientId) -> Result<bool> {
-        Ok(self.has_online_many(&[client_id]).await?.first().copied().unwrap_or(false))
+        let count = self.shared.backend.hget(self.shared.keys.online(), &client_id.to_string()).await?;
+        Ok(count_is_positive(count.as_deref()))
     }
 
     /// [`ImClient::has_online`] for many ids in one `HMGET`, in the same order.
     pub async fn has_online_many(&self, client_ids: &[ClientId]) -> Result<Vec<bool>> {
         let fields: Vec<String> = client_ids.iter().map(ToString::to_string).collect();
         let counts = self.shared.backend.hmget(self.shared.keys.online(), &fields).await?;
-        Ok(counts.iter().map(|c| c.as_deref().and_then(|c| c.parse::<i64>().ok()).unwrap_or(0) > 0).collect())
+        Ok(counts.iter().map(|c| count_is_positive(c.as_deref())).collect())
     }
 
     /// Online and offline events of every node, as a stream. It survives Redis reconnects
@@ -420,13 +421,18 @@ impl ImClient {
         if chan.is_empty() {
             return Ok(0);
         }
-        let count = self.shared.backend.hmget(self.shared.keys.list_chan(), &[chan.to_owned()]).await?;
-        Ok(count.into_iter().next().flatten().and_then(|c| c.parse().ok()).unwrap_or(0))
+        let count = self.shared.backend.hget(self.shared.keys.list_chan(), chan).await?;
+        Ok(count.and_then(|c| c.parse().ok()).unwrap_or(0))
     }
 
     async fn hkeys(&self, key: String) -> Result<Vec<String>> {
         Ok(self.shared.backend.hkeys(&[key]).await?.pop().unwrap_or_default())
     }
+}
+
+/// Whether a `{P}Online` count field says online (a number above 0).
+fn count_is_positive(count: Option<&str>) -> bool {
+    count.and_then(|c| c.parse::<i64>().ok()).unwrap_or(0) > 0
 }
 
 /// Client ids from hash fields: `0` and non-numeric fields are skipped, as the reference.

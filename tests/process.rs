@@ -24,9 +24,12 @@ fn bad_settings_exit_non_zero_with_one_line_naming_the_flag() {
     std::fs::write(&unknown_key, "bogus-key = 1\n").unwrap();
     let bad_toml = dir.join("bad.toml");
     std::fs::write(&bad_toml, "ping-interval = \n").unwrap();
+    let bad_value = dir.join("bad-value.toml");
+    std::fs::write(&bad_value, "path = '/ws'\nping-interval = 'x'\n").unwrap();
     let missing = dir.join("missing.toml");
     let (unknown, bad, missing) =
         (unknown_key.to_str().unwrap(), bad_toml.to_str().unwrap(), missing.to_str().unwrap());
+    let bad_value = bad_value.to_str().unwrap();
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["--redis", redis, "--server", &b, "--servers", &a], "--server"),
         (vec!["--redis", redis, "--server", &a, "--servers", &a, "--ping-interval", "abc"], "--ping-interval"),
@@ -41,6 +44,8 @@ fn bad_settings_exit_non_zero_with_one_line_naming_the_flag() {
         (vec!["--redis", redis, "--server", &a, "--servers", &a, "--config", unknown], "bogus-key"),
         (vec!["--redis", redis, "--server", &a, "--servers", &a, "--config", bad], "--config"),
         (vec!["--redis", redis, "--server", &a, "--servers", &a, "--config", missing], "--config"),
+        (vec!["--redis", redis, "--server", &a, "--servers", &a, "--config", bad_value], "line 2, `ping-interval`"),
+        (vec!["--redis", redis, "--server", &a, "--servers", &a, "--threads", "0"], "--threads"),
     ];
     for (flags, needle) in cases {
         let args: Vec<&str> = std::iter::once("server").chain(flags).collect();
@@ -51,7 +56,24 @@ fn bad_settings_exit_non_zero_with_one_line_naming_the_flag() {
         &[("FREEIM_REDIS", redis), ("FREEIM_SERVER", &a), ("FREEIM_SERVERS", &a), ("FREEIM_PING_INTERVAL", "x")],
         "--ping-interval",
     );
+    // A boolean variable takes 1/0 too: the error is about the missing flag, not about it.
+    assert_one_line_error(&["server"], &[("FREEIM_ALLOW_TOKEN_REUSE", "1"), ("FREEIM_REDIS", redis)], "--server");
+    // A missing required flag of a subcommand is named on the one line.
+    assert_one_line_error(&["ctl", "--servers", &a, "online"], &[], "--redis");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_taken_listen_address_is_one_line_naming_the_flag_and_the_os_error_once() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (code, stderr) =
+        run_freeim(&["server", "--redis", "redis://127.0.0.1:1/0", "--server", &addr, "--servers", &addr], &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(
+        stderr.trim_end(),
+        format!("error: --server: cannot listen on {addr}: Address already in use (os error 98)")
+    );
 }
 
 /// Starts, serves and on SIGTERM closes every socket with 1001, cleans all presence and

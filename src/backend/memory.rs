@@ -205,6 +205,10 @@ impl MemoryBackend {
         Ok(keys.iter().map(fields).collect())
     }
 
+    pub(super) async fn hget(&self, key: &str, field: &str) -> Result<Option<String>, BackendError> {
+        Ok(self.state().hashes.get(key).and_then(|h| h.get(field).cloned()))
+    }
+
     pub(super) async fn hmget(&self, key: &str, fields: &[String]) -> Result<Vec<Option<String>>, BackendError> {
         let state = self.state();
         let hash = state.hashes.get(key);

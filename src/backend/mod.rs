@@ -239,7 +239,11 @@ impl Backend {
         }
         delegate!(self, b => b.hkeys(keys).await)
     }
-    /// `HMGET key field…` (`HGET` for one field).
+    /// `HGET key field`
+    pub async fn hget(&self, key: &str, field: &str) -> Result<Option<String>, BackendError> {
+        delegate!(self, b => b.hget(key, field).await)
+    }
+    /// `HMGET key field…`
     pub async fn hmget(&self, key: &str, fields: &[String]) -> Result<Vec<Option<String>>, BackendError> {
         if fields.is_empty() {
             return Ok(Vec::new());

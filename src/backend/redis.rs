@@ -89,8 +89,12 @@ impl RedisBackend {
         Ok(pipe.query_async(&mut self.conn.clone()).await?)
     }
 
+    pub(super) async fn hget(&self, key: &str, field: &str) -> Result<Option<String>, BackendError> {
+        let cmd = redis::cmd("HGET").arg(key).arg(field).clone();
+        Ok(cmd.query_async(&mut self.conn.clone()).await?)
+    }
+
     pub(super) async fn hmget(&self, key: &str, fields: &[String]) -> Result<Vec<Option<String>>, BackendError> {
-        // HMGET with one field still answers an array, so one code path serves both.
         let cmd = redis::cmd("HMGET").arg(key).arg(fields).clone();
         Ok(cmd.query_async(&mut self.conn.clone()).await?)
     }

@@ -41,7 +41,7 @@ pub fn main() -> ExitCode {
             let _ = e.print();
             return ExitCode::SUCCESS;
         }
-        Err(e) => return fail(first_line(&e.render().to_string())),
+        Err(e) => return fail(one_line(&e.render().to_string())),
     };
     init_logging();
     let result = match cli.command {
@@ -62,9 +62,16 @@ fn fail(line: String) -> ExitCode {
     ExitCode::from(2)
 }
 
-/// Clap's first line ("error: invalid value 'x' for '--ping-interval <SECS>': …").
-fn first_line(rendered: &str) -> String {
-    rendered.lines().find(|l| !l.trim().is_empty()).unwrap_or("error: invalid arguments").to_owned()
+/// Clap's message on one line, without the usage and help hints: "error: the following
+/// required arguments were not provided: --redis <URL>".
+fn one_line(rendered: &str) -> String {
+    let message: Vec<&str> = rendered
+        .lines()
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    if message.is_empty() { "error: invalid arguments".to_owned() } else { message.join(" ") }
 }
 
 fn init_logging() {
@@ -73,11 +80,11 @@ fn init_logging() {
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
-/// A Tokio runtime with `threads` workers (all cores when `None`).
+/// A Tokio runtime with `threads` workers (all cores when `None`; flags refuse 0).
 fn runtime(threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = threads {
-        builder.worker_threads(n.max(1));
+        builder.worker_threads(n);
     }
     Ok(builder.enable_all().build()?)
 }

@@ -1,8 +1,9 @@
 //! `freeim server`: one gateway node on Redis, until SIGTERM or SIGINT.
 
+use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args};
 use freeim::backend::{Backend, RedisBackend};
-use freeim::gateway::{Gateway, Settings, config::ServerList};
+use freeim::gateway::{Gateway, GatewayError, Settings, config::ServerList};
 use std::path::PathBuf;
 
 /// Flags of `freeim server`; each also reads `FREEIM_<NAME>`, and `--config` a TOML file
@@ -31,7 +32,8 @@ pub struct ServerArgs {
     #[arg(long, env = "FREEIM_PONG_TIMEOUT", value_name = "SECS")]
     pong_timeout: Option<u64>,
     /// Accept a token more than once within its TTL, as FreeIM does [default: single use].
-    #[arg(long, env = "FREEIM_ALLOW_TOKEN_REUSE", action = ArgAction::SetTrue)]
+    /// FREEIM_ALLOW_TOKEN_REUSE takes true/false, 1/0, yes/no or on/off.
+    #[arg(long, env = "FREEIM_ALLOW_TOKEN_REUSE", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     allow_token_reuse: bool,
     /// Outgoing bytes a socket may queue before it is closed as a slow consumer [default: 1048576].
     #[arg(long, env = "FREEIM_MAX_QUEUE_BYTES", value_name = "BYTES")]
@@ -58,7 +60,7 @@ pub struct ServerArgs {
     #[arg(long, env = "FREEIM_TLS_KEY", value_name = "FILE")]
     tls_key: Option<PathBuf>,
     /// Worker threads [default: one per core].
-    #[arg(long, env = "FREEIM_THREADS", value_name = "N")]
+    #[arg(long, env = "FREEIM_THREADS", value_name = "N", value_parser = positive)]
     threads: Option<usize>,
     /// TOML file with any of the settings above (keys are the flag names).
     #[arg(long, env = "FREEIM_CONFIG", value_name = "FILE")]
@@ -93,16 +95,29 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
         Some(path) => Settings::load(path)?,
         None => Settings::default(),
     };
+    let listen_flag = if args.listen.is_some() { "--listen" } else { "--server" };
     let (redis, config) = args.settings().or(file).resolve()?;
     super::runtime(args.threads)?.block_on(async {
         // Inside the runtime: opening the Redis connection manager spawns its tasks.
         let backend = Backend::Redis(RedisBackend::open(&redis)?);
-        let gateway = Gateway::start(config, backend).await?;
+        let gateway = Gateway::start(config, backend).await.map_err(|e| match e {
+            GatewayError::Bind { .. } => anyhow::Error::new(e).context(listen_flag),
+            e => e.into(),
+        })?;
         wait_for_signal().await?;
         let left = gateway.shutdown().await;
         anyhow::ensure!(left == 0, "{left} sockets were still open at the drain timeout");
         Ok(())
     })
+}
+
+/// A count of at least 1.
+pub fn positive(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -164,10 +164,24 @@ pub struct Settings {
     pub tls_key: Option<PathBuf>,
 }
 
+/// A TOML error on one line, with where it is: the line number and the key on that line.
+fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let Some(start) = e.span().map(|s| s.start) else {
+        return e.message().to_owned();
+    };
+    let line_no = text.get(..start).map_or(0, |before| before.matches('\n').count()) + 1;
+    let line = text.lines().nth(line_no - 1).unwrap_or("");
+    match line.split_once('=').map(|(key, _)| key.trim()) {
+        Some(key) if !key.is_empty() => format!("line {line_no}, `{key}`: {}", e.message()),
+        _ => format!("line {line_no}: {}", e.message()),
+    }
+}
+
 impl Settings {
-    /// Parses TOML text.
+    /// Parses TOML text; an error names the line and the key: "line 2, `ping-interval`:
+    /// invalid type: string \"x\", expected u64".
     pub fn from_toml(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e| e.message().to_owned())
+        toml::from_str(text).map_err(|e| describe_toml_error(text, &e))
     }
 
     /// Reads and parses a TOML file.
@@ -353,6 +367,7 @@ mod tests {
             assert!(err.starts_with(want), "{toml}: got {err}");
         }
         assert!(Settings::from_toml("bogus = 1").unwrap_err().contains("unknown field"));
-        assert!(Settings::from_toml("ping-interval = 'x'").is_err());
+        let err = Settings::from_toml("redis = 'redis://r'\nping-interval = 'x'").unwrap_err();
+        assert_eq!(err, "line 2, `ping-interval`: invalid type: string \"x\", expected u64");
     }
 }

@@ -44,7 +44,7 @@ const LISTEN_BACKLOG: u32 = 4096;
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
     /// The listen address is taken or not ours.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         /// The address.
         addr: SocketAddr,

@@ -46,7 +46,7 @@ pub struct RawServerArgs {
     #[arg(long)]
     control: SocketAddr,
     /// Worker threads [default: one per core, as `freeim server`].
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli::server::positive)]
     threads: Option<usize>,
 }
 

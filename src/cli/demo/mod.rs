@@ -103,7 +103,7 @@ pub fn run_all_in_one(args: QuickArgs) -> anyhow::Result<()> {
     super::runtime(None)?.block_on(async {
         let listener = bind(&args.listen, "--listen").await?;
         let backend = Backend::Memory(MemoryBackend::new());
-        let gateway = Gateway::start(config, backend.clone()).await.map_err(|e| anyhow!("--gateway: {e}"))?;
+        let gateway = Gateway::start(config, backend.clone()).await.context("--gateway")?;
         // Connect URLs name the address actually bound (port 0 picks one; 0.0.0.0 is not
         // an address a browser can dial, so its loopback stands in for it).
         let mut public = gateway.local_addr();
