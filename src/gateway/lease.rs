@@ -183,7 +183,7 @@ async fn clean_node(node: &Node, server: &str) -> crate::Result<usize> {
 pub(crate) async fn restore(node: &Node) -> bool {
     let mut restored = 0;
     for conn in node.registry.all() {
-        match presence::open_socket(node, &conn, false).await {
+        match presence::open_socket(node, &conn).await {
             Ok(true) => restored += 1,
             Ok(false) => {}
             Err(e) => {

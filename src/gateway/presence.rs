@@ -8,7 +8,8 @@
 //! forgets the socket and counts it down only if it was still recorded, so a socket is
 //! counted down exactly once.
 //!
-//! Open: `SocketOpen` script (record + FreeIM's `HINCRBY`), then `PUBLISH evt_{P}Online`.
+//! Open: `SocketOpen` script (record + FreeIM's `HINCRBY`), then `PUBLISH evt_{P}Online`,
+//! pipelined in one round trip.
 //! Close: `SocketClose` script (forget + FreeIM's decrement); only when the client's count
 //! reached zero, that is its last socket on any node is gone, leave every channel of
 //! `{P}Client{id}` (FreeIM leaves them on every close, which cut a client's other devices
@@ -24,25 +25,35 @@ use crate::client::ImClient;
 use crate::protocol::ClientId;
 use bytes::Bytes;
 
-/// Records an opened socket and announces it.
+/// Records a newly opened socket and announces it, in one pipelined round trip.
 pub(crate) async fn online(node: &Node, conn: &Conn) {
-    if let Err(e) = open_socket(node, conn, true).await {
+    let (script, keys, args) = open_script(node, conn);
+    let ops = vec![Op::Eval { script, keys, args }, online_event(node, conn)];
+    if let Err(e) = node.client.backend().execute(ops).await {
         tracing::warn!(error = %e, client = conn.client_id, "could not record online presence");
     }
 }
 
-/// Records `conn` if it is not recorded yet (a restore replays this); publishes the online
-/// event when it was recorded now, or always when `announce` is set.
-pub(crate) async fn open_socket(node: &Node, conn: &Conn, announce: bool) -> crate::Result<bool> {
-    let client = &node.client;
-    let keys = vec![client.keys().online().to_owned(), node.sockets_key.clone()];
-    let args = vec![conn.client_id.to_string(), conn.id.to_string(), token_text(&conn.token_value)];
-    let recorded = client.backend().eval(Script::SocketOpen, keys, args).await? >= 0;
-    if recorded || announce {
-        let op = Op::Publish { channel: client.keys().event_online().to_owned(), payload: conn.token_value.clone() };
-        client.backend().execute(vec![op]).await?;
+/// Records `conn` if it is not recorded yet (a restore replays this) and then publishes
+/// its online event; returns whether it was recorded now.
+pub(crate) async fn open_socket(node: &Node, conn: &Conn) -> crate::Result<bool> {
+    let (script, keys, args) = open_script(node, conn);
+    let recorded = node.client.backend().eval(script, keys, args).await? >= 0;
+    if recorded {
+        node.client.backend().execute(vec![online_event(node, conn)]).await?;
     }
     Ok(recorded)
+}
+
+/// The `SocketOpen` script call for `conn`: script, KEYS, ARGV.
+fn open_script(node: &Node, conn: &Conn) -> (Script, Vec<String>, Vec<String>) {
+    let keys = vec![node.client.keys().online().to_owned(), node.sockets_key.clone()];
+    let args = vec![conn.client_id.to_string(), conn.id.to_string(), token_text(&conn.token_value)];
+    (Script::SocketOpen, keys, args)
+}
+
+fn online_event(node: &Node, conn: &Conn) -> Op {
+    Op::Publish { channel: node.client.keys().event_online().to_owned(), payload: conn.token_value.clone() }
 }
 
 /// Undoes an open socket's presence: ours on close, or a dead node's during cleanup.
