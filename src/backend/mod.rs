@@ -10,7 +10,7 @@
 //! Redis backend pipelines (one round trip) and the memory backend applies in order.
 
 pub mod memory;
-mod pubsub;
+pub mod pubsub;
 pub mod redis;
 
 use bytes::Bytes;

@@ -39,6 +39,17 @@ const MAX_BULK: usize = 512 * 1024 * 1024;
 /// The longest array accepted; pub/sub replies have at most four elements.
 const MAX_ARRAY: usize = 16;
 
+/// A reply from Redis that a subscriber cannot take.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReplyError {
+    /// An error reply (a refused `AUTH`, say).
+    #[error("redis answered: {0}")]
+    Refused(String),
+    /// Bytes that are not RESP2 as Redis writes it: the stream cannot be trusted past them.
+    #[error("unparsable reply from redis: {0}")]
+    Malformed(&'static str),
+}
+
 /// Why a subscription connection failed or was dropped (logged; the subscriber retries).
 #[derive(Debug, thiserror::Error)]
 enum PubSubError {
@@ -46,10 +57,8 @@ enum PubSubError {
     Io(#[from] std::io::Error),
     #[error("connect, auth and subscribe took over {CONNECT_TIMEOUT:?}")]
     ConnectTimeout,
-    #[error("redis answered: {0}")]
-    Refused(String),
-    #[error("unparsable reply from redis: {0}")]
-    Protocol(&'static str),
+    #[error(transparent)]
+    Reply(#[from] ReplyError),
     #[error("redis closed the connection")]
     Closed,
     #[error("no reply to a ping within {PROBE_AFTER:?}")]
@@ -128,9 +137,9 @@ impl RedisSubscriber {
                 }
                 continue;
             };
-            let taken = match conn.take_messages(out, max) {
+            let taken = match take_messages(&mut conn.buf, out, max) {
                 Ok(0) => conn.fill().await.map(|()| 0),
-                taken => taken,
+                taken => taken.map_err(PubSubError::from),
             };
             match taken {
                 Ok(0) => {}
@@ -194,41 +203,13 @@ impl Connection {
                 continue;
             };
             match &value {
-                Value::Error(range) => return Err(PubSubError::Refused(text(&conn.buf[range.clone()]))),
+                Value::Error(range) => return Err(ReplyError::Refused(text(&conn.buf[range.clone()])).into()),
                 Value::Array(items) if bulk_is(&conn.buf, items.first(), b"subscribe") => confirmed += 1,
                 _ => {} // +OK of AUTH
             }
             let _ = conn.buf.split_to(len);
         }
         Ok(conn)
-    }
-
-    /// Moves the complete messages at the front of the buffer into `out`, up to `max`;
-    /// other pushes (pong, subscribe confirmations) are consumed and skipped.
-    fn take_messages(&mut self, out: &mut Vec<PubSubMessage>, max: usize) -> Result<usize, PubSubError> {
-        let mut taken = 0;
-        while taken < max {
-            let Some((value, len)) = parse(&self.buf, 0)? else { break };
-            let frame = self.buf.split_to(len).freeze();
-            match value {
-                Value::Array(items) if items.len() == 3 && bulk_is(&frame, items.first(), b"message") => {
-                    let (Value::Bulk(channel), Value::Bulk(payload)) = (&items[1], &items[2]) else {
-                        return Err(PubSubError::Protocol("message without channel or payload"));
-                    };
-                    out.push(PubSubMessage {
-                        channel: text(&frame[channel.clone()]),
-                        payload: frame.slice(payload.clone()),
-                    });
-                    taken += 1;
-                }
-                Value::Error(range) => return Err(PubSubError::Refused(text(&frame[range]))),
-                _ => {}
-            }
-        }
-        if self.buf.is_empty() && self.buf.capacity() > 4 * READ_CHUNK {
-            self.buf = BytesMut::with_capacity(READ_CHUNK);
-        }
-        Ok(taken)
     }
 
     /// Reads what Redis sent next, probing the connection when it has been silent.
@@ -259,6 +240,36 @@ impl Connection {
     }
 }
 
+/// Moves the complete `message` pushes at the front of `buf` (bytes read from a subscribed
+/// connection) into `out`, up to `max`, and returns how many; payloads are slices of `buf`'s
+/// memory, not copies. Other pushes (pong, subscribe confirmations) are consumed and skipped;
+/// an incomplete reply stays in `buf` for the next read.
+pub fn take_messages(buf: &mut BytesMut, out: &mut Vec<PubSubMessage>, max: usize) -> Result<usize, ReplyError> {
+    let mut taken = 0;
+    while taken < max {
+        let Some((value, len)) = parse(buf, 0)? else { break };
+        let frame = buf.split_to(len).freeze();
+        match value {
+            Value::Array(items) if items.len() == 3 && bulk_is(&frame, items.first(), b"message") => {
+                let (Value::Bulk(channel), Value::Bulk(payload)) = (&items[1], &items[2]) else {
+                    return Err(ReplyError::Malformed("message without channel or payload"));
+                };
+                out.push(PubSubMessage {
+                    channel: text(&frame[channel.clone()]),
+                    payload: frame.slice(payload.clone()),
+                });
+                taken += 1;
+            }
+            Value::Error(range) => return Err(ReplyError::Refused(text(&frame[range]))),
+            _ => {}
+        }
+    }
+    if buf.is_empty() && buf.capacity() > 4 * READ_CHUNK {
+        *buf = BytesMut::with_capacity(READ_CHUNK);
+    }
+    Ok(taken)
+}
+
 /// A parsed RESP2 value; strings are byte ranges of the buffer it was parsed from.
 #[derive(Debug, PartialEq)]
 enum Value {
@@ -272,7 +283,7 @@ enum Value {
 
 /// Parses one value at `buf[at..]`: `Ok(None)` when it is not complete yet, else the value
 /// and the position just past it.
-fn parse(buf: &[u8], at: usize) -> Result<Option<(Value, usize)>, PubSubError> {
+fn parse(buf: &[u8], at: usize) -> Result<Option<(Value, usize)>, ReplyError> {
     let Some(line_end) = find_crlf(buf, at + 1) else {
         return Ok(None);
     };
@@ -296,7 +307,7 @@ fn parse(buf: &[u8], at: usize) -> Result<Option<(Value, usize)>, PubSubError> {
                 return Ok(None);
             }
             if &buf[next + len..next + len + 2] != b"\r\n" {
-                return Err(PubSubError::Protocol("bulk string not followed by CRLF"));
+                return Err(ReplyError::Malformed("bulk string not followed by CRLF"));
             }
             Ok(Some((Value::Bulk(next..next + len), next + len + 2)))
         }
@@ -310,14 +321,14 @@ fn parse(buf: &[u8], at: usize) -> Result<Option<(Value, usize)>, PubSubError> {
                     return Ok(None);
                 };
                 if matches!(item, Value::Array(_)) {
-                    return Err(PubSubError::Protocol("nested array"));
+                    return Err(ReplyError::Malformed("nested array"));
                 }
                 items.push(item);
                 pos = after;
             }
             Ok(Some((Value::Array(items), pos)))
         }
-        _ => Err(PubSubError::Protocol("unknown reply type")),
+        _ => Err(ReplyError::Malformed("unknown reply type")),
     }
 }
 
@@ -326,16 +337,16 @@ fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
     rest.windows(2).position(|w| w == b"\r\n").map(|p| from + p)
 }
 
-fn number(digits: &[u8]) -> Result<i64, PubSubError> {
-    std::str::from_utf8(digits).ok().and_then(|s| s.parse().ok()).ok_or(PubSubError::Protocol("bad number"))
+fn number(digits: &[u8]) -> Result<i64, ReplyError> {
+    std::str::from_utf8(digits).ok().and_then(|s| s.parse().ok()).ok_or(ReplyError::Malformed("bad number"))
 }
 
 /// A length field: `None` for -1 (nil), an error when negative otherwise or over `max`.
-fn length(n: i64, max: usize) -> Result<Option<usize>, PubSubError> {
+fn length(n: i64, max: usize) -> Result<Option<usize>, ReplyError> {
     match n {
         -1 => Ok(None),
-        n if n < 0 => Err(PubSubError::Protocol("negative length")),
-        n => usize::try_from(n).ok().filter(|&n| n <= max).map(Some).ok_or(PubSubError::Protocol("length too large")),
+        n if n < 0 => Err(ReplyError::Malformed("negative length")),
+        n => usize::try_from(n).ok().filter(|&n| n <= max).map(Some).ok_or(ReplyError::Malformed("length too large")),
     }
 }
 
@@ -407,38 +418,45 @@ mod tests {
         }
     }
 
-    fn connection(bytes: &[u8]) -> Connection {
-        let (io, _) = tokio::io::duplex(1);
-        Connection { io: Box::new(io), buf: BytesMut::from(bytes), last_read: Instant::now(), probed: false }
-    }
-
-    #[tokio::test]
-    async fn takes_complete_messages_in_order_and_skips_other_pushes() {
+    #[test]
+    fn takes_complete_messages_in_order_and_skips_other_pushes() {
         let stream = b"*3\r\n$7\r\nmessage\r\n$1\r\na\r\n$3\r\none\r\n\
                        *2\r\n$4\r\npong\r\n$0\r\n\r\n\
                        *3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n\
                        *3\r\n$7\r\nmessage\r\n$1\r\nb\r\n$0\r\n\r\n\
                        *3\r\n$7\r\nmessage\r\n$1\r\na\r\n$5\r\nthr";
-        let mut conn = connection(stream);
+        let mut buf = BytesMut::from(&stream[..]);
         let mut out = Vec::new();
-        assert_eq!(conn.take_messages(&mut out, 10).unwrap(), 2);
+        assert_eq!(take_messages(&mut buf, &mut out, 10).unwrap(), 2);
         let got: Vec<(&str, &[u8])> = out.iter().map(|m| (m.channel.as_str(), &m.payload[..])).collect();
         assert_eq!(got, [("a", &b"one"[..]), ("b", &b""[..])]);
         // The incomplete third message stays buffered until the rest arrives.
-        conn.buf.extend_from_slice(b"ee\r\n");
-        assert_eq!(conn.take_messages(&mut out, 10).unwrap(), 1);
+        buf.extend_from_slice(b"ee\r\n");
+        assert_eq!(take_messages(&mut buf, &mut out, 10).unwrap(), 1);
         assert_eq!(&out[2].payload[..], b"three");
-        assert!(conn.buf.is_empty());
+        assert!(buf.is_empty());
     }
 
-    #[tokio::test]
-    async fn takes_at_most_max_and_keeps_the_rest() {
+    #[test]
+    fn takes_at_most_max_and_keeps_the_rest() {
         let one = b"*3\r\n$7\r\nmessage\r\n$1\r\na\r\n$1\r\nx\r\n";
-        let mut conn = connection(&one.repeat(3));
+        let mut buf = BytesMut::from(&one.repeat(3)[..]);
         let mut out = Vec::new();
-        assert_eq!(conn.take_messages(&mut out, 2).unwrap(), 2);
-        assert_eq!(conn.take_messages(&mut out, 2).unwrap(), 1);
-        assert_eq!(conn.take_messages(&mut out, 2).unwrap(), 0);
+        assert_eq!(take_messages(&mut buf, &mut out, 2).unwrap(), 2);
+        assert_eq!(take_messages(&mut buf, &mut out, 2).unwrap(), 1);
+        assert_eq!(take_messages(&mut buf, &mut out, 2).unwrap(), 0);
+    }
+
+    #[test]
+    fn an_error_reply_or_a_malformed_message_is_an_error() {
+        let cases: &[(&[u8], ReplyError)] = &[
+            (b"-NOAUTH Authentication required.\r\n", ReplyError::Refused("NOAUTH Authentication required.".into())),
+            (b"*3\r\n$7\r\nmessage\r\n:1\r\n$1\r\nx\r\n", ReplyError::Malformed("message without channel or payload")),
+        ];
+        for (input, want) in cases {
+            let mut out = Vec::new();
+            assert_eq!(take_messages(&mut BytesMut::from(*input), &mut out, 10).unwrap_err(), *want);
+        }
     }
 
     #[test]
