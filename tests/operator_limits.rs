@@ -4,18 +4,7 @@ mod common;
 use common::*;
 use freeim::backend::{Backend, MemoryBackend};
 use freeim::{Error, ImClient, ImClientOptions};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-
-/// A plain HTTP/1.1 GET; returns the status code and the body.
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).await.unwrap();
-    let status = text[9..12].parse().unwrap();
-    (status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
-}
 
 /// Connects with an `Origin` header; `Err(status)` on an HTTP refusal.
 async fn connect_from(url: &str, origin: &str) -> Result<Ws, u16> {
@@ -34,8 +23,64 @@ both!(connections_beyond_the_node_limit_get_503, |kind| async move {
     let _b = cluster.connect(2).await;
     let url = cluster.im.prev_connect_server(3, None).await.unwrap();
     assert_eq!(Ws::connect(&url).await.err(), Some(503));
-    let (_, metrics) = http_get(cluster.nodes[0].local_addr(), "/metrics").await;
-    assert!(metrics.contains("freeim_refused_total{reason=\"node_full\"} 1\n"), "{metrics}");
+    cluster.expect_metric(0, "freeim_refused_total{reason=\"node_full\"}", 1).await;
+    cluster.shutdown().await;
+});
+
+/// Upgrades through every URL at once (one task each); the sockets that got `101`, and the
+/// statuses of the refused ones.
+async fn upgrade_all(urls: Vec<String>) -> (Vec<Ws>, Vec<u16>) {
+    let attempts = urls.into_iter().map(|url| tokio::spawn(async move { Ws::connect(&url).await }));
+    let (mut open, mut refused) = (Vec::new(), Vec::new());
+    for attempt in futures_util::future::join_all(attempts).await {
+        match attempt.unwrap() {
+            Ok(ws) => open.push(ws),
+            Err(status) => refused.push(status),
+        }
+    }
+    (open, refused)
+}
+
+// Upgrades arriving together each take a place before their token lookup: exactly the limit
+// gets in, and the places come back when those sockets close.
+both!(concurrent_upgrades_never_overshoot_the_node_limit, |kind| async move {
+    const LIMIT: usize = 10;
+    const ATTEMPTS: usize = 50;
+    let cluster = Cluster::start_with(kind, 1, |c| c.max_connections = LIMIT).await;
+    for round in 1..=2 {
+        let urls = futures_util::future::join_all((1..=ATTEMPTS as i64).map(|id| cluster.url(id))).await;
+        let (open, refused) = upgrade_all(urls).await;
+        assert_eq!(open.len(), LIMIT, "round {round}: {refused:?}");
+        assert_eq!(refused, vec![503; ATTEMPTS - LIMIT], "round {round}");
+        assert_eq!(cluster.nodes[0].connections(), LIMIT);
+        let refusals = ((ATTEMPTS - LIMIT) * round) as u64;
+        cluster.expect_metric(0, "freeim_refused_total{reason=\"node_full\"}", refusals).await;
+        drop(open);
+        eventually(|| async { cluster.nodes[0].connections() == 0 }).await;
+    }
+    cluster.shutdown().await;
+});
+
+both!(concurrent_upgrades_never_overshoot_the_per_client_limit, |kind| async move {
+    const LIMIT: usize = 3;
+    const ATTEMPTS: usize = 20;
+    let cluster = Cluster::start_with(kind, 1, |c| c.max_sockets_per_client = LIMIT).await;
+    let urls = futures_util::future::join_all((0..ATTEMPTS).map(|_| cluster.url(7))).await;
+    let (open, refused) = upgrade_all(urls).await;
+    assert_eq!(open.len(), LIMIT, "{refused:?}");
+    assert_eq!(refused, vec![429; ATTEMPTS - LIMIT]);
+    cluster.expect_metric(0, "freeim_refused_total{reason=\"client_full\"}", (ATTEMPTS - LIMIT) as u64).await;
+    // Every place was either registered or given back: with one socket closed, exactly one
+    // more gets in.
+    let url = cluster.url(7).await;
+    assert_eq!(Ws::connect(&url).await.err(), Some(429));
+    let mut open = open;
+    drop(open.pop());
+    eventually(|| async { cluster.nodes[0].connections() == LIMIT - 1 }).await;
+    open.push(cluster.connect(7).await);
+    let url = cluster.url(7).await;
+    assert_eq!(Ws::connect(&url).await.err(), Some(429));
+    drop(open);
     cluster.shutdown().await;
 });
 
