@@ -15,6 +15,8 @@ both!(an_inbound_frame_over_64_kib_closes_with_1009, |kind| async move {
     ok.send_text(&"a".repeat(MAX_INBOUND_FRAME)).await;
     big.send_text(&"a".repeat(MAX_INBOUND_FRAME + 1)).await;
     assert_eq!(big.expect_close().await, (1009, "frame too big".to_owned()));
+    cluster.expect_metric(0, "freeim_disconnects_total{reason=\"violation\"}", 1).await;
+    assert_eq!(cluster.metric(0, "freeim_disconnects_total{reason=\"limit\"}").await, 0);
     eventually(|| async { cluster.online().await == pairs(&[("1", "1")]) }).await;
     // Exactly the limit is fine: the socket still gets messages.
     cluster.im.send_message(0, &[1], "after", false).await.unwrap();
@@ -60,6 +62,10 @@ both!(a_slow_consumer_is_disconnected, |kind| async move {
     assert!(received < N, "the slow client was not cut off");
     // Whole frames, then the close frame (not a close frame spliced into half a frame).
     assert_eq!(end, End::Close(1008, "slow consumer".to_owned()));
+    // Every frame it did not get was counted as dropped: those discarded from its queue, and
+    // those that came while it closed.
+    cluster.expect_metric(0, "freeim_disconnects_total{reason=\"slow_consumer\"}", 1).await;
+    assert_eq!(cluster.metric(0, "freeim_queue_dropped_frames_total").await, (N - received) as u64);
     eventually(|| async { cluster.online().await == pairs(&[("2", "1")]) }).await;
     cluster.im.send_message(0, &[2], "still served", false).await.unwrap();
     assert_eq!(other.recv_text().await, "\"still served\"");
@@ -88,6 +94,7 @@ both!(a_dead_peer_is_closed_by_the_heartbeat, |kind| async move {
     assert_eq!(dead.read_exact(2).await, [0x89, 0x00], "the server's ping frame");
     eventually(|| async { cluster.online().await == pairs(&[("2", "1")]) }).await;
     assert_eq!(dead.read_to_end().await, b"", "closed without another frame");
+    cluster.expect_metric(0, "freeim_disconnects_total{reason=\"dead_peer\"}", 1).await;
     let (mut alive, pings) = reader.await.unwrap();
     assert!(pings >= 4);
     assert_eq!(cluster.online().await, pairs(&[("2", "1")]));

@@ -105,6 +105,9 @@ both!(a_socket_sending_too_many_frames_is_closed_with_1008, |kind| async move {
         noisy.send_text("x").await;
     }
     assert_eq!(noisy.expect_close().await, (1008, "too many frames".to_owned()));
+    // An operator's limit, not a protocol violation.
+    cluster.expect_metric(0, "freeim_disconnects_total{reason=\"limit\"}", 1).await;
+    assert_eq!(cluster.metric(0, "freeim_disconnects_total{reason=\"violation\"}").await, 0);
     cluster.im.send_message(0, &[1], "still here", false).await.unwrap();
     assert_eq!(calm.recv_text().await, "\"still here\"");
     cluster.shutdown().await;
@@ -151,28 +154,30 @@ both!(metrics_count_what_happened, |kind| async move {
     .await
     .unwrap();
     assert!(receipt.contains("发送成功") || receipt.contains("用户不在线"), "{receipt}");
-    let addr = cluster.nodes[0].local_addr();
-    eventually(|| async {
-        http_get(addr, "/metrics").await.1.contains("freeim_disconnects_total{reason=\"closed\"} 1\n")
-    })
-    .await;
-    let (status, metrics) = http_get(addr, "/metrics").await;
-    assert_eq!(status, 200);
+    cluster.expect_metric(0, "freeim_disconnects_total{reason=\"closed\"}", 1).await;
+    // Force offline counts as `kicked`.
+    let mut kicked = cluster.connect(4).await;
+    cluster.im.force_offline(4).await.unwrap();
+    assert_eq!(kicked.expect_close().await, (1001, "disconnect".to_owned()));
+    cluster.expect_metric(0, "freeim_disconnects_total{reason=\"kicked\"}", 1).await;
+    let metrics = cluster.metrics(0).await;
     for line in [
         "freeim_connections 1",
-        "freeim_connects_total 2",
+        "freeim_connects_total 3",
         "freeim_redis_subscription_up 1",
         "freeim_receipts_total{status=\"delivered\"} 1",
         "freeim_receipts_total{status=\"offline\"} 1",
+        "freeim_disconnects_total{reason=\"closed\"} 1",
+        "freeim_disconnects_total{reason=\"limit\"} 0",
+        "freeim_disconnects_total{reason=\"violation\"} 0",
+        "freeim_disconnects_total{reason=\"dead_peer\"} 0",
+        "freeim_queue_dropped_frames_total 0",
     ] {
         assert!(metrics.lines().any(|l| l == line), "missing {line:?} in\n{metrics}");
     }
     // Two frames out: the message to 1, and the first receipt to 2 (the second receipt may
     // still be on its way when 2 closes); at least three messages in.
-    let count = |name: &str| -> u64 {
-        metrics.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse().ok()).unwrap()
-    };
-    assert!(count("freeim_frames_out_total ") >= 2);
-    assert!(count("freeim_messages_in_total ") >= 3);
+    assert!(cluster.metric(0, "freeim_frames_out_total").await >= 2);
+    assert!(cluster.metric(0, "freeim_messages_in_total").await >= 3);
     cluster.shutdown().await;
 });
