@@ -4,18 +4,7 @@ mod common;
 use common::*;
 use freeim::backend::{Backend, MemoryBackend};
 use freeim::{Error, ImClient, ImClientOptions};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-
-/// A plain HTTP/1.1 GET; returns the status code and the body.
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).await.unwrap();
-    let status = text[9..12].parse().unwrap();
-    (status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
-}
 
 /// Connects with an `Origin` header; `Err(status)` on an HTTP refusal.
 async fn connect_from(url: &str, origin: &str) -> Result<Ws, u16> {
@@ -34,8 +23,64 @@ both!(connections_beyond_the_node_limit_get_503, |kind| async move {
     let _b = cluster.connect(2).await;
     let url = cluster.im.prev_connect_server(3, None).await.unwrap();
     assert_eq!(Ws::connect(&url).await.err(), Some(503));
-    let (_, metrics) = http_get(cluster.nodes[0].local_addr(), "/metrics").await;
-    assert!(metrics.contains("freeim_refused_total{reason=\"node_full\"} 1\n"), "{metrics}");
+    cluster.expect_metric(0, "freeim_refused_total{reason=\"node_full\"}", 1).await;
+    cluster.shutdown().await;
+});
+
+/// Upgrades through every URL at once (one task each); the sockets that got `101`, and the
+/// statuses of the refused ones.
+async fn upgrade_all(urls: Vec<String>) -> (Vec<Ws>, Vec<u16>) {
+    let attempts = urls.into_iter().map(|url| tokio::spawn(async move { Ws::connect(&url).await }));
+    let (mut open, mut refused) = (Vec::new(), Vec::new());
+    for attempt in futures_util::future::join_all(attempts).await {
+        match attempt.unwrap() {
+            Ok(ws) => open.push(ws),
+            Err(status) => refused.push(status),
+        }
+    }
+    (open, refused)
+}
+
+// Upgrades arriving together each take a place before their token lookup: exactly the limit
+// gets in, and the places come back when those sockets close.
+both!(concurrent_upgrades_never_overshoot_the_node_limit, |kind| async move {
+    const LIMIT: usize = 10;
+    const ATTEMPTS: usize = 50;
+    let cluster = Cluster::start_with(kind, 1, |c| c.max_connections = LIMIT).await;
+    for round in 1..=2 {
+        let urls = futures_util::future::join_all((1..=ATTEMPTS as i64).map(|id| cluster.url(id))).await;
+        let (open, refused) = upgrade_all(urls).await;
+        assert_eq!(open.len(), LIMIT, "round {round}: {refused:?}");
+        assert_eq!(refused, vec![503; ATTEMPTS - LIMIT], "round {round}");
+        assert_eq!(cluster.nodes[0].connections(), LIMIT);
+        let refusals = ((ATTEMPTS - LIMIT) * round) as u64;
+        cluster.expect_metric(0, "freeim_refused_total{reason=\"node_full\"}", refusals).await;
+        drop(open);
+        eventually(|| async { cluster.nodes[0].connections() == 0 }).await;
+    }
+    cluster.shutdown().await;
+});
+
+both!(concurrent_upgrades_never_overshoot_the_per_client_limit, |kind| async move {
+    const LIMIT: usize = 3;
+    const ATTEMPTS: usize = 20;
+    let cluster = Cluster::start_with(kind, 1, |c| c.max_sockets_per_client = LIMIT).await;
+    let urls = futures_util::future::join_all((0..ATTEMPTS).map(|_| cluster.url(7))).await;
+    let (open, refused) = upgrade_all(urls).await;
+    assert_eq!(open.len(), LIMIT, "{refused:?}");
+    assert_eq!(refused, vec![429; ATTEMPTS - LIMIT]);
+    cluster.expect_metric(0, "freeim_refused_total{reason=\"client_full\"}", (ATTEMPTS - LIMIT) as u64).await;
+    // Every place was either registered or given back: with one socket closed, exactly one
+    // more gets in.
+    let url = cluster.url(7).await;
+    assert_eq!(Ws::connect(&url).await.err(), Some(429));
+    let mut open = open;
+    drop(open.pop());
+    eventually(|| async { cluster.nodes[0].connections() == LIMIT - 1 }).await;
+    open.push(cluster.connect(7).await);
+    let url = cluster.url(7).await;
+    assert_eq!(Ws::connect(&url).await.err(), Some(429));
+    drop(open);
     cluster.shutdown().await;
 });
 
@@ -60,6 +105,9 @@ both!(a_socket_sending_too_many_frames_is_closed_with_1008, |kind| async move {
         noisy.send_text("x").await;
     }
     assert_eq!(noisy.expect_close().await, (1008, "too many frames".to_owned()));
+    // An operator's limit, not a protocol violation.
+    cluster.expect_metric(0, "freeim_disconnects_total{reason=\"limit\"}", 1).await;
+    assert_eq!(cluster.metric(0, "freeim_disconnects_total{reason=\"violation\"}").await, 0);
     cluster.im.send_message(0, &[1], "still here", false).await.unwrap();
     assert_eq!(calm.recv_text().await, "\"still here\"");
     cluster.shutdown().await;
@@ -106,28 +154,30 @@ both!(metrics_count_what_happened, |kind| async move {
     .await
     .unwrap();
     assert!(receipt.contains("发送成功") || receipt.contains("用户不在线"), "{receipt}");
-    let addr = cluster.nodes[0].local_addr();
-    eventually(|| async {
-        http_get(addr, "/metrics").await.1.contains("freeim_disconnects_total{reason=\"closed\"} 1\n")
-    })
-    .await;
-    let (status, metrics) = http_get(addr, "/metrics").await;
-    assert_eq!(status, 200);
+    cluster.expect_metric(0, "freeim_disconnects_total{reason=\"closed\"}", 1).await;
+    // Force offline counts as `kicked`.
+    let mut kicked = cluster.connect(4).await;
+    cluster.im.force_offline(4).await.unwrap();
+    assert_eq!(kicked.expect_close().await, (1001, "disconnect".to_owned()));
+    cluster.expect_metric(0, "freeim_disconnects_total{reason=\"kicked\"}", 1).await;
+    let metrics = cluster.metrics(0).await;
     for line in [
         "freeim_connections 1",
-        "freeim_connects_total 2",
+        "freeim_connects_total 3",
         "freeim_redis_subscription_up 1",
         "freeim_receipts_total{status=\"delivered\"} 1",
         "freeim_receipts_total{status=\"offline\"} 1",
+        "freeim_disconnects_total{reason=\"closed\"} 1",
+        "freeim_disconnects_total{reason=\"limit\"} 0",
+        "freeim_disconnects_total{reason=\"violation\"} 0",
+        "freeim_disconnects_total{reason=\"dead_peer\"} 0",
+        "freeim_queue_dropped_frames_total 0",
     ] {
         assert!(metrics.lines().any(|l| l == line), "missing {line:?} in\n{metrics}");
     }
     // Two frames out: the message to 1, and the first receipt to 2 (the second receipt may
     // still be on its way when 2 closes); at least three messages in.
-    let count = |name: &str| -> u64 {
-        metrics.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse().ok()).unwrap()
-    };
-    assert!(count("freeim_frames_out_total ") >= 2);
-    assert!(count("freeim_messages_in_total ") >= 3);
+    assert!(cluster.metric(0, "freeim_frames_out_total").await >= 2);
+    assert!(cluster.metric(0, "freeim_messages_in_total").await >= 3);
     cluster.shutdown().await;
 });

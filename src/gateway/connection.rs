@@ -5,7 +5,8 @@
 //! only what the kernel did not take; the task then flushes the queue when the socket is
 //! writable. So a delivery costs no task wake-up and an idle socket holds no buffer.
 //! The queue is bounded by bytes: a client that cannot keep up is closed (1008) rather
-//! than allowed to grow the node's memory.
+//! than allowed to grow the node's memory, and [`Conn::send`] tells its caller how many
+//! frames that cost (the node's queue-drop counter).
 //!
 //! The task reads into a 2 KiB buffer on the thread's stack (outside the task's future),
 //! answers pings and closes, enforces the frame limit, and ends with a close handshake
@@ -45,8 +46,10 @@ pub enum CloseReason {
     DeadPeer,
     /// The node is shutting down: 1001 `shutdown`.
     Shutdown,
-    /// The client broke the protocol or sent a frame over the limit.
+    /// The client broke the protocol or sent a frame over the size limit.
     Violation(u16, &'static str),
+    /// The client sent more frames than `--max-frames-per-sec`: 1008 `too many frames`.
+    FrameRate,
     /// The socket failed.
     IoError,
 }
@@ -58,6 +61,7 @@ impl CloseReason {
             CloseReason::SlowConsumer => Some(websocket::close_frame(close_code::POLICY, "slow consumer")),
             CloseReason::Shutdown => Some(websocket::close_frame(close_code::GOING_AWAY, "shutdown")),
             CloseReason::Violation(code, why) => Some(websocket::close_frame(code, why)),
+            CloseReason::FrameRate => Some(websocket::close_frame(close_code::POLICY, "too many frames")),
             CloseReason::PeerClosed | CloseReason::DeadPeer | CloseReason::IoError => None,
         }
     }
@@ -129,16 +133,23 @@ impl Conn {
     /// Sends `frames` in order: written now as far as the kernel takes them, the rest
     /// queued for the task. Over `max_queue` bytes queued, the socket is closed as a slow
     /// consumer. Frames sent after the socket started closing are dropped.
-    pub fn send(&self, frames: &[Bytes], max_queue: usize) {
+    ///
+    /// Returns the frames lost to an overflowing queue: those discarded when it overflows,
+    /// and those offered afterwards while the socket closes as a slow consumer.
+    #[must_use]
+    pub fn send(&self, frames: &[Bytes], max_queue: usize) -> usize {
         let mut out = self.outbox();
-        if out.closing.is_some() {
-            return;
+        if let Some(reason) = out.closing {
+            return if reason == CloseReason::SlowConsumer { frames.len() } else { 0 };
         }
         let mut skip = 0;
         if out.frames.is_empty() {
             match self.write_now(frames.iter().map(|f| &f[..])) {
                 Ok(written) => skip = written,
-                Err(_) => return self.begin_close(&mut out, CloseReason::IoError),
+                Err(_) => {
+                    self.begin_close(&mut out, CloseReason::IoError);
+                    return 0;
+                }
             }
         }
         let mut offset = skip;
@@ -155,20 +166,29 @@ impl Conn {
             out.frames.push_back(frame.clone());
         }
         if out.bytes > max_queue {
-            tracing::warn!(conn = self.id, client = self.client_id, queued = out.bytes, "slow consumer: closing");
-            // Keep the unwritten rest of a partly written frame: a close frame sent after
-            // half a frame would be read as its payload, and the client would see garbage.
-            let offset = out.offset;
-            let partial = if offset > 0 { out.frames.pop_front() } else { None };
-            out.frames.clear();
-            out.bytes = partial.as_ref().map_or(0, |f| f.len() - offset);
-            out.offset = if partial.is_some() { offset } else { 0 };
-            out.frames.extend(partial);
-            return self.begin_close(&mut out, CloseReason::SlowConsumer);
+            return self.overflow(&mut out);
         }
         if !out.frames.is_empty() {
             self.wake.notify_one();
         }
+        0
+    }
+
+    /// Closes the socket as a slow consumer, discarding its queue; returns the frames
+    /// discarded.
+    fn overflow(&self, out: &mut Outbox) -> usize {
+        tracing::warn!(conn = self.id, client = self.client_id, queued = out.bytes, "slow consumer: closing");
+        // Keep the unwritten rest of a partly written frame: a close frame sent after half a
+        // frame would be read as its payload, and the client would see garbage.
+        let offset = out.offset;
+        let partial = if offset > 0 { out.frames.pop_front() } else { None };
+        let discarded = out.frames.len();
+        out.frames.clear();
+        out.bytes = partial.as_ref().map_or(0, |f| f.len() - offset);
+        out.offset = if partial.is_some() { offset } else { 0 };
+        out.frames.extend(partial);
+        self.begin_close(out, CloseReason::SlowConsumer);
+        discarded
     }
 
     /// Starts closing the socket for `reason` (the first reason wins).
@@ -242,18 +262,21 @@ impl Conn {
     }
 
     /// Called by the heartbeat: pings every `interval`, and closes the socket when nothing
-    /// was read within `timeout` after a ping.
-    pub fn heartbeat(&self, now_ms: u64, interval: Duration, timeout: Duration) {
+    /// was read within `timeout` after a ping. Returns the frames dropped, as [`Conn::send`].
+    #[must_use]
+    pub fn heartbeat(&self, now_ms: u64, interval: Duration, timeout: Duration) -> usize {
         let (last_read, ping) = (self.last_read.load(Ordering::Relaxed), self.ping_sent.load(Ordering::Relaxed));
         let waiting = last_read < ping;
         if waiting && now_ms.saturating_sub(ping) >= timeout.as_millis() as u64 {
             tracing::info!(conn = self.id, client = self.client_id, "dead peer: no pong; closing");
-            return self.close(CloseReason::DeadPeer);
+            self.close(CloseReason::DeadPeer);
+            return 0;
         }
         if !waiting && now_ms.saturating_sub(ping) >= interval.as_millis() as u64 {
             self.ping_sent.store(now_ms, Ordering::Relaxed);
-            self.send(&[websocket::ping_frame()], usize::MAX);
+            return self.send(&[websocket::ping_frame()], usize::MAX);
         }
+        0
     }
 }
 
@@ -322,7 +345,7 @@ pub(crate) async fn serve(node: &Node, conn: &Conn, leftover: &[u8]) -> CloseRea
                 match read_available(conn, &mut reader, &mut inbound, now) {
                     Ok(true) if rate.exceeded(now, reader.frames(), node.config.max_frames_per_sec) => {
                         tracing::warn!(conn = conn.id, client = conn.client_id, "closing: too many frames (--max-frames-per-sec)");
-                        conn.close(CloseReason::Violation(close_code::POLICY, "too many frames"));
+                        conn.close(CloseReason::FrameRate);
                     }
                     Ok(true) => handle_inbound(node, conn, &mut inbound),
                     Ok(false) => conn.close(CloseReason::PeerClosed),
@@ -352,11 +375,12 @@ impl RateWindow {
 }
 
 fn handle_inbound(node: &Node, conn: &Conn, inbound: &mut Vec<Inbound>) {
+    let mut dropped = 0;
     for event in inbound.drain(..) {
         match event {
-            Inbound::Ping(pong) => conn.send(&[pong], node.config.max_queue_bytes),
+            Inbound::Ping(pong) => dropped += conn.send(&[pong], node.config.max_queue_bytes),
             Inbound::Close(reply) => {
-                conn.send(&[reply], usize::MAX);
+                dropped += conn.send(&[reply], usize::MAX);
                 conn.close(CloseReason::PeerClosed);
             }
             Inbound::Violation(code, why) => {
@@ -365,6 +389,7 @@ fn handle_inbound(node: &Node, conn: &Conn, inbound: &mut Vec<Inbound>) {
             }
         }
     }
+    node.metrics.queue_dropped(dropped);
 }
 
 /// Reads what is available; `Ok(false)` at end of stream.

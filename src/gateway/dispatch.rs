@@ -61,16 +61,18 @@ struct Plan {
 }
 
 impl Plan {
-    /// Writes every planned group; returns the number of frames handed to sockets.
-    fn write(&mut self, max_queue: usize) -> usize {
-        let mut frames = 0;
+    /// Writes every planned group, counting the frames handed to sockets and those lost
+    /// to overflowing queues.
+    fn write(&mut self, node: &Node) {
+        let (mut frames, mut dropped) = (0, 0);
         for group in self.groups.drain(..) {
             for conn in &group.targets {
-                conn.send(&group.frames, max_queue);
+                dropped += conn.send(&group.frames, node.config.max_queue_bytes);
             }
             frames += group.targets.len() * group.frames.len();
         }
-        frames
+        node.metrics.frames_out(frames);
+        node.metrics.queue_dropped(dropped);
     }
 }
 
@@ -80,19 +82,17 @@ async fn dispatch(node: &Node, batch: &[PubSubMessage]) {
     let members = chan_members(node, &commands).await;
     let mut plan = Plan::default();
     let mut receipts = Vec::new();
-    let mut frames = 0;
     for command in commands {
         match command {
             NodeCommand::ForceOffline(id) => {
-                frames += plan.write(node.config.max_queue_bytes);
+                plan.write(node);
                 node.registry.with(id, |conns| conns.iter().for_each(|c| c.close(CloseReason::ForceOffline)));
             }
             NodeCommand::Direct(message) => plan_direct(node, &message, &mut plan, &mut receipts),
             NodeCommand::Chan(message) => plan_chan(node, message, &members, &mut plan),
         }
     }
-    frames += plan.write(node.config.max_queue_bytes);
-    node.metrics.frames_out(frames);
+    plan.write(node);
     if let Err(e) = node.client.backend().execute(receipts).await {
         tracing::warn!(error = %e, "could not publish receipts");
     }

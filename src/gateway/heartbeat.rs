@@ -23,8 +23,7 @@ pub(crate) async fn run(node: Arc<Node>) {
             _ = node.shutdown.cancelled() => return,
         }
         let now = node.now_ms();
-        for conn in node.registry.all() {
-            conn.heartbeat(now, interval, timeout);
-        }
+        let dropped = node.registry.all().iter().map(|conn| conn.heartbeat(now, interval, timeout)).sum();
+        node.metrics.queue_dropped(dropped);
     }
 }

@@ -6,12 +6,15 @@
 //! long-lived. A request that is not a valid upgrade with a live token gets a plain HTTP
 //! error and is closed: 400 (not an upgrade), 401 (token), 403 (origin), 404 (path),
 //! 429 (sockets per client), 431 (head too large), 503 (node full, token store down).
+//! The two socket limits reserve places in the registry rather than count the sockets
+//! there, so upgrades arriving together cannot all pass (see `registry`).
 
 use super::config::HANDSHAKE_TIMEOUT;
 use super::connection::{self, Conn};
 use super::metrics::Refusal;
+use super::registry::{ClientReservation, Reservation};
 use super::{Node, presence, websocket};
-use crate::protocol::{self, TokenValue};
+use crate::protocol::{self, ClientId, TokenValue};
 use bytes::Bytes;
 use rustls::ServerConnection;
 use std::net::SocketAddr;
@@ -47,10 +50,11 @@ pub(crate) async fn run(node: Arc<Node>, listener: TcpListener) {
     }
 }
 
-/// An accepted upgrade: who connected, and bytes read past the request head.
-struct Upgrade {
-    token_value: String,
-    client_id: i64,
+/// An accepted upgrade: who connected, its places on the node, and bytes read past the
+/// request head.
+struct Upgrade<'n> {
+    admitted: Admitted,
+    place: ClientReservation<'n>,
     leftover: Vec<u8>,
 }
 
@@ -68,9 +72,9 @@ async fn handle(node: Arc<Node>, stream: TcpStream, peer: SocketAddr) {
             }
         };
     let id = node.next_conn_id.fetch_add(1, Ordering::Relaxed);
-    let token_value = Bytes::from(upgrade.token_value);
-    let conn = Arc::new(Conn::new(id, upgrade.client_id, token_value, stream, session, node.now_ms()));
-    node.registry.insert(conn.clone());
+    let Admitted { json, client_id } = upgrade.admitted;
+    let conn = Arc::new(Conn::new(id, client_id, Bytes::from(json), stream, session, node.now_ms()));
+    node.registry.insert(upgrade.place, conn.clone());
     if node.shutdown.is_cancelled() {
         conn.close(connection::CloseReason::Shutdown);
     }
@@ -86,7 +90,7 @@ async fn handle(node: Arc<Node>, stream: TcpStream, peer: SocketAddr) {
 
 /// The TLS handshake when configured, then the HTTP upgrade; the socket, its TLS session
 /// and the upgrade when it is now a WebSocket.
-async fn accept(node: &Node, mut stream: TcpStream) -> Option<(TcpStream, Option<ServerConnection>, Upgrade)> {
+async fn accept(node: &Node, mut stream: TcpStream) -> Option<(TcpStream, Option<ServerConnection>, Upgrade<'_>)> {
     let Some(config) = &node.config.tls else {
         let upgrade = handshake(node, &mut stream).await?;
         return Some((stream, None, upgrade));
@@ -99,7 +103,7 @@ async fn accept(node: &Node, mut stream: TcpStream) -> Option<(TcpStream, Option
 }
 
 /// Reads the request head and answers it; `Some` when the socket is now a WebSocket.
-async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(node: &Node, stream: &mut S) -> Option<Upgrade> {
+async fn handshake<'n, S: AsyncRead + AsyncWrite + Unpin>(node: &'n Node, stream: &mut S) -> Option<Upgrade<'n>> {
     let (head, leftover) = read_head(stream).await?;
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
@@ -108,10 +112,10 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(node: &Node, stream: &mut 
         _ => Err(Reply::BadRequest("malformed HTTP request")),
     };
     match answer {
-        Ok((key, value)) => {
+        Ok((key, admitted, place)) => {
             let response = websocket::upgrade_response(key.as_bytes());
             stream.write_all(response.as_bytes()).await.ok()?;
-            Some(Upgrade { client_id: value.client_id, token_value: value.json, leftover })
+            Some(Upgrade { admitted, place, leftover })
         }
         Err(reply) => {
             let _ = stream.write_all(reply.render(node).as_bytes()).await;
@@ -194,8 +198,11 @@ fn response(code: u16, text: &str, content_type: &str, body: &str) -> String {
     )
 }
 
-/// Decides what a request gets: the upgrade key and token, or a rejection.
-async fn route<'r>(node: &Node, request: &httparse::Request<'_, 'r>) -> Result<(&'r str, Admitted), Reply> {
+/// What an accepted upgrade request gets: its key, its token's value, and its places.
+type Accepted<'n, 'r> = (&'r str, Admitted, ClientReservation<'n>);
+
+/// Decides what a request gets: the upgrade, or an answer.
+async fn route<'n, 'r>(node: &'n Node, request: &httparse::Request<'_, 'r>) -> Result<Accepted<'n, 'r>, Reply> {
     let target = request.path.unwrap_or("/");
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     match path {
@@ -204,6 +211,25 @@ async fn route<'r>(node: &Node, request: &httparse::Request<'_, 'r>) -> Result<(
         p if p != node.config.path => return Err(Reply::NotFound),
         _ => {}
     }
+    let key = upgrade_key(node, request)?;
+    // The node's place is taken before the token lookup, which a full node must not spend.
+    let place = reserve_node(node)?;
+    let token = query.split('&').find_map(|pair| pair.strip_prefix("token=")).unwrap_or("");
+    let admitted = match token {
+        "" => Err(Reply::Unauthorized("missing token")),
+        t if !protocol::is_token_shaped(t) => Err(Reply::Unauthorized("invalid token")),
+        t => admit(node, t).await,
+    };
+    if let Err(Reply::Unauthorized(_)) = admitted {
+        node.metrics.refused(Refusal::Token);
+    }
+    let admitted = admitted?;
+    let place = reserve_client(node, place, admitted.client_id)?;
+    Ok((key, admitted, place))
+}
+
+/// The `Sec-WebSocket-Key` of a valid upgrade request from an allowed origin.
+fn upgrade_key<'r>(node: &Node, request: &httparse::Request<'_, 'r>) -> Result<&'r str, Reply> {
     let header = |name: &str| {
         let found = request.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name));
         found.and_then(|h| std::str::from_utf8(h.value).ok()).unwrap_or("")
@@ -223,33 +249,30 @@ async fn route<'r>(node: &Node, request: &httparse::Request<'_, 'r>) -> Result<(
         node.metrics.refused(Refusal::Origin);
         return Err(Reply::Forbidden("origin not allowed"));
     }
-    if node.registry.len() >= node.config.max_connections {
+    Ok(key)
+}
+
+/// A place on the node, within `--max-connections`.
+fn reserve_node(node: &Node) -> Result<Reservation<'_>, Reply> {
+    node.registry.reserve(node.config.max_connections).ok_or_else(|| {
         tracing::warn!(limit = node.config.max_connections, "upgrade refused: node full (--max-connections)");
         node.metrics.refused(Refusal::NodeFull);
-        return Err(Reply::Unavailable("node full"));
-    }
-    let token = query.split('&').find_map(|pair| pair.strip_prefix("token=")).unwrap_or("");
-    let admitted = match token {
-        "" => Err(Reply::Unauthorized("missing token")),
-        t if !protocol::is_token_shaped(t) => Err(Reply::Unauthorized("invalid token")),
-        t => admit(node, t).await,
-    };
-    if let Err(Reply::Unauthorized(_)) = admitted {
-        node.metrics.refused(Refusal::Token);
-    }
-    let admitted = admitted?;
-    let sockets = node.registry.with(admitted.client_id, <[_]>::len).unwrap_or(0);
-    if sockets >= node.config.max_sockets_per_client {
-        let limit = node.config.max_sockets_per_client;
-        tracing::warn!(
-            client = admitted.client_id,
-            limit,
-            "upgrade refused: too many sockets (--max-sockets-per-client)"
-        );
+        Reply::Unavailable("node full")
+    })
+}
+
+/// A place among `client_id`'s sockets, within `--max-sockets-per-client`.
+fn reserve_client<'n>(
+    node: &Node,
+    place: Reservation<'n>,
+    client_id: ClientId,
+) -> Result<ClientReservation<'n>, Reply> {
+    let limit = node.config.max_sockets_per_client;
+    place.for_client(client_id, limit).ok_or_else(|| {
+        tracing::warn!(client = client_id, limit, "upgrade refused: too many sockets (--max-sockets-per-client)");
         node.metrics.refused(Refusal::ClientFull);
-        return Err(Reply::TooMany("too many sockets for this client"));
-    }
-    Ok((key, admitted))
+        Reply::TooMany("too many sockets for this client")
+    })
 }
 
 /// Looks the token up (taking it, unless reuse is allowed) and parses its value.

@@ -2,15 +2,18 @@
 //!
 //! Plain atomics bumped on the paths they count (relaxed: each counter is independent and
 //! only needs to be eventually exact). Rates such as deliveries per second are
-//! `rate(freeim_frames_out_total[1m])` on the Prometheus side.
+//! `rate(freeim_frames_out_total[1m])` on the Prometheus side. Sockets closed by an
+//! operator's limit (`limit`) are counted apart from protocol violations, and the frames
+//! slow consumers lose apart from the sockets closed, so an operator can tell a tight limit
+//! from misbehaving clients, and how much was lost.
 
 use super::connection::CloseReason;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Why a socket was disconnected, as a metric label.
-const DISCONNECT_REASONS: [&str; 7] =
-    ["closed", "kicked", "slow_consumer", "dead_peer", "shutdown", "violation", "error"];
+const DISCONNECT_REASONS: [&str; 8] =
+    ["closed", "kicked", "slow_consumer", "dead_peer", "shutdown", "violation", "limit", "error"];
 
 /// Why an upgrade was refused, as a metric label.
 #[derive(Debug, Clone, Copy)]
@@ -37,6 +40,7 @@ pub struct Metrics {
     messages_in: AtomicU64,
     malformed_in: AtomicU64,
     frames_out: AtomicU64,
+    queue_dropped: AtomicU64,
     receipts_delivered: AtomicU64,
     receipts_offline: AtomicU64,
     redis_resubscribes: AtomicU64,
@@ -61,7 +65,8 @@ impl Metrics {
             CloseReason::DeadPeer => 3,
             CloseReason::Shutdown => 4,
             CloseReason::Violation(..) => 5,
-            CloseReason::IoError => 6,
+            CloseReason::FrameRate => 6,
+            CloseReason::IoError => 7,
         };
         bump(&self.disconnects[index], 1);
     }
@@ -77,6 +82,13 @@ impl Metrics {
     /// Text frames handed to sockets.
     pub fn frames_out(&self, frames: usize) {
         bump(&self.frames_out, frames as u64);
+    }
+    /// Frames lost to overflowing socket queues (see `Conn::send`).
+    pub fn queue_dropped(&self, frames: usize) {
+        // Most calls drop nothing: skip the shared cache line then.
+        if frames > 0 {
+            bump(&self.queue_dropped, frames as u64);
+        }
     }
     /// A receipt was sent (`delivered` or not).
     pub fn receipt(&self, delivered: bool) {
@@ -136,6 +148,12 @@ impl Metrics {
             &[("", get(&self.frames_out))],
         );
         metric(
+            "freeim_queue_dropped_frames_total",
+            "counter",
+            "Frames not delivered because a socket's outgoing queue overflowed (slow consumers).",
+            &[("", get(&self.queue_dropped))],
+        );
+        metric(
             "freeim_receipts_total",
             "counter",
             "Receipts sent by status.",
@@ -169,6 +187,9 @@ mod tests {
         let m = Metrics::default();
         m.connected();
         m.disconnected(CloseReason::SlowConsumer);
+        m.disconnected(CloseReason::FrameRate);
+        m.queue_dropped(4);
+        m.queue_dropped(0);
         m.refused(Refusal::Origin);
         m.messages_in(3, 1);
         m.frames_out(10);
@@ -181,6 +202,9 @@ mod tests {
             "freeim_connects_total 1",
             "freeim_disconnects_total{reason=\"slow_consumer\"} 1",
             "freeim_disconnects_total{reason=\"closed\"} 0",
+            "freeim_disconnects_total{reason=\"limit\"} 1",
+            "freeim_disconnects_total{reason=\"violation\"} 0",
+            "freeim_queue_dropped_frames_total 4",
             "freeim_refused_total{reason=\"origin\"} 1",
             "freeim_messages_in_total 3",
             "freeim_messages_malformed_total 1",

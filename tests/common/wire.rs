@@ -25,6 +25,18 @@ pub async fn http_request(addr: SocketAddr, request: &str) -> u16 {
     status_of(&answer)
 }
 
+/// A plain HTTP/1.1 GET of `target`; the status code and the body.
+pub async fn http_get(addr: SocketAddr, target: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(format!("GET {target} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(WAIT, stream.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "no answer to GET {target}");
+    let text = String::from_utf8_lossy(&answer);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status_of(&answer), body)
+}
+
 /// The code of an HTTP status line such as `HTTP/1.1 401 Unauthorized`.
 fn status_of(answer: &[u8]) -> u16 {
     let text = String::from_utf8_lossy(answer);
@@ -283,6 +295,34 @@ impl super::Cluster {
     /// The address node `i` listens on.
     pub fn addr(&self, i: usize) -> SocketAddr {
         self.nodes[i].local_addr()
+    }
+
+    /// Node `i`'s `/metrics` text.
+    pub async fn metrics(&self, i: usize) -> String {
+        let (status, text) = http_get(self.addr(i), "/metrics").await;
+        assert_eq!(status, 200, "{text}");
+        text
+    }
+
+    /// The value of one series of node `i`'s metrics, named as in the text
+    /// (`freeim_connections`, `freeim_disconnects_total{reason="limit"}`).
+    pub async fn metric(&self, i: usize, series: &str) -> u64 {
+        let text = self.metrics(i).await;
+        let value = text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' '));
+        value.and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    }
+
+    /// Waits until series `series` of node `i`'s metrics is `want`, failing with its last value.
+    pub async fn expect_metric(&self, i: usize, series: &str, want: u64) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let value = self.metric(i, series).await;
+            if value == want {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{series} is {value}, expected {want}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// A connect URL for `id` (a fresh token), without connecting.
