@@ -9,8 +9,11 @@ use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Lease TTL plus one renewal period, plus slack for a loaded machine.
-const CLEANUP_DEADLINE: Duration = Duration::from_secs(45);
+/// From a kill -9 until the dead node's clients must be gone everywhere: detection takes at
+/// most the lease TTL plus one renewal period (20 s), the rest is slack for a loaded machine.
+const CLEANUP_DEADLINE: Duration = Duration::from_secs(30);
+/// How long to watch for a second cleaner after the first: two renewal periods.
+const SECOND_CLEANER_WATCH: Duration = Duration::from_secs(10);
 
 struct NodeProcess {
     child: Child,
@@ -78,36 +81,71 @@ async fn a_killed_node_leaves_no_ghosts_and_one_survivor_cleans_up() {
     eventually(|| async { events.is_live() }).await;
 
     nodes[0].kill9(); // clients 3, 6, …, 300
-    let dead: Vec<i64> = (1..=300).filter(|id| id % 3 == 0).collect();
     let deadline = Instant::now() + CLEANUP_DEADLINE;
+    let dead: Vec<i64> = (1..=300).filter(|id| id % 3 == 0).collect();
     let mut offline = Vec::new();
     while offline.len() < dead.len() {
         let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, events.next()).await {
             Ok(Some(PresenceEvent::Offline(v))) => offline.push(v.client_id),
             Ok(Some(PresenceEvent::Online(_))) => {}
-            other => panic!("only {} offline events before the deadline: {other:?}", offline.len()),
+            other => panic!("only {} offline events within {CLEANUP_DEADLINE:?}: {other:?}", offline.len()),
         }
     }
     offline.sort();
     assert_eq!(offline, dead, "one offline event per socket of the dead node");
-    // No second cleaner: no further offline event arrives.
-    assert!(tokio::time::timeout(Duration::from_secs(6), events.next()).await.is_err(), "a duplicate event");
 
+    // A socket's offline event goes out after its close script and channel leaves: the state
+    // read now is the state within the deadline.
     let counts = online_counts(&redis);
-    let survivors: HashMap<i64, i64> = (1..=300).filter(|id| id % 3 != 0).map(|id| (id, 1)).collect();
-    assert_eq!(counts, survivors, "dead node's clients gone, the other 200 untouched");
     let members: Vec<String> = redis.cmd(&["HKEYS", "im_v2_wsChanall"]);
-    assert_eq!(members.len(), 200);
-    assert!(members.iter().all(|m| m.parse::<i64>().unwrap() % 3 != 0));
-    assert_eq!(redis.hash("im_v2_wsListChan").iter().find(|(c, _)| c == "all").unwrap().1, "200");
-    assert_eq!(redis.hash("im_v2_wsClient3"), []);
-    let records: i64 = redis.cmd(&["HLEN", &format!("im_v2_wsNodeSockets{}", servers[0])]);
-    assert_eq!(records, 0);
+    let list_chan = redis.hash("im_v2_wsListChan");
+    let client_keys: Vec<String> = redis.cmd(&["KEYS", "im_v2_wsClient*"]);
+    let dead_records: i64 = redis.cmd(&["HLEN", &format!("im_v2_wsNodeSockets{}", servers[0])]);
+    assert!(Instant::now() < deadline, "the state was not read within {CLEANUP_DEADLINE:?} of the kill");
+    let alive: Vec<i64> = (1..=300).filter(|id| id % 3 != 0).collect();
+    let want: HashMap<i64, i64> = alive.iter().map(|&id| (id, 1)).collect();
+    assert_eq!(counts, want, "the dead node's clients gone, the other 200 at exactly 1 (no double decrement)");
+    let ids = |fields: &[String], prefix: &str| {
+        let mut ids: Vec<i64> = fields.iter().map(|f| f.strip_prefix(prefix).unwrap().parse().unwrap()).collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(ids(&members, ""), alive, "channel \"all\" holds exactly the 200 survivors");
+    assert_eq!(ids(&client_keys, "im_v2_wsClient"), alive, "no dead client is in any channel");
+    let mut want_list: Vec<(String, String)> = alive.iter().map(|id| (format!("own{id}"), "1".to_owned())).collect();
+    want_list.push(("all".to_owned(), "200".to_owned()));
+    want_list.sort();
+    assert_eq!(list_chan, want_list, "member counts of the survivors' channels only");
+    assert_eq!(dead_records, 0);
+    for server in &servers[1..] {
+        let records: i64 = redis.cmd(&["HLEN", &format!("im_v2_wsNodeSockets{server}")]);
+        assert_eq!(records, 100, "{server} keeps its sockets");
+    }
+
+    // Exactly one cleaner: no further offline event, and the survivors' counters add up to
+    // one cleanup of 100 sockets.
+    assert!(tokio::time::timeout(SECOND_CLEANER_WATCH, events.next()).await.is_err(), "a duplicate event");
+    let mut cleanups = 0;
+    let mut cleaned = 0;
+    for node in &nodes[1..] {
+        let text = http_get_text(node.addr.parse().unwrap(), "/metrics").await;
+        cleanups += metric(&text, "freeim_lease_cleanups_total");
+        cleaned += metric(&text, "freeim_lease_cleaned_sockets_total");
+    }
+    assert_eq!((cleanups, cleaned), (1, 100), "one survivor cleaned up the dead node, once");
+    assert_eq!(online_counts(&redis), want, "still exact after the watch");
+
     // The survivors still deliver.
     im.send_message(0, &[1], "after", false).await.unwrap();
     let first = &mut sockets.iter_mut().find(|(id, _)| *id == 1).unwrap().1;
     assert_eq!(first.recv_text().await, "\"after\"");
+}
+
+/// The value of an unlabelled counter in a `/metrics` text.
+fn metric(text: &str, name: &str) -> u64 {
+    let line = text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' '));
+    line.and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no {name} in\n{text}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
