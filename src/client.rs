@@ -340,10 +340,10 @@ impl ImClient {
         let keys = &self.shared.keys;
         let subscription =
             self.shared.backend.subscribe(vec![keys.event_online().to_owned(), keys.event_offline().to_owned()]);
-        let live = subscription.live();
+        let (live, epoch) = (subscription.live(), subscription.epoch());
         let (tx, messages) = mpsc::channel(SUBSCRIPTION_QUEUE);
         tokio::spawn(forward(subscription, tx));
-        EventStream { messages, live, online_channel: keys.event_online().to_owned() }
+        EventStream { messages, live, epoch, online_channel: keys.event_online().to_owned() }
     }
 
     /// Makes `client_id` a member of each of `chans` (empty names are skipped). Membership
@@ -466,6 +466,7 @@ async fn forward(mut subscription: Subscription, tx: mpsc::Sender<PubSubMessage>
 pub struct EventStream {
     messages: mpsc::Receiver<PubSubMessage>,
     live: watch::Receiver<bool>,
+    epoch: watch::Receiver<u64>,
     online_channel: String,
 }
 
@@ -473,6 +474,15 @@ impl EventStream {
     /// Whether the underlying subscription is currently established.
     pub fn is_live(&self) -> bool {
         *self.live.borrow()
+    }
+
+    /// How many times the underlying subscription has been established (1 after the first
+    /// SUBSCRIBE; unlike [`EventStream::is_live`], a quick loss and recovery cannot go
+    /// unnoticed). Events published while it was down are lost, so state derived from them
+    /// is re-applied when this goes up: nodes announce the sockets they restore after a
+    /// Redis restart with online events, which a late re-subscription misses.
+    pub fn epoch(&self) -> watch::Receiver<u64> {
+        self.epoch.clone()
     }
 }
 

@@ -3,14 +3,17 @@
 
 mod common;
 use common::*;
-use freeim::{ImClient, ImClientOptions, PresenceEvent};
+use freeim::{EventStream, ImClient, ImClientOptions, PresenceEvent};
 use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Lease TTL plus one renewal period, plus slack for a loaded machine.
-const CLEANUP_DEADLINE: Duration = Duration::from_secs(45);
+/// From a kill -9 until the dead node's clients must be gone everywhere: detection takes at
+/// most the lease TTL plus one renewal period (20 s), the rest is slack for a loaded machine.
+const CLEANUP_DEADLINE: Duration = Duration::from_secs(30);
+/// How long to watch for a second cleaner after the first: two renewal periods.
+const SECOND_CLEANER_WATCH: Duration = Duration::from_secs(10);
 
 struct NodeProcess {
     child: Child,
@@ -78,36 +81,71 @@ async fn a_killed_node_leaves_no_ghosts_and_one_survivor_cleans_up() {
     eventually(|| async { events.is_live() }).await;
 
     nodes[0].kill9(); // clients 3, 6, …, 300
-    let dead: Vec<i64> = (1..=300).filter(|id| id % 3 == 0).collect();
     let deadline = Instant::now() + CLEANUP_DEADLINE;
+    let dead: Vec<i64> = (1..=300).filter(|id| id % 3 == 0).collect();
     let mut offline = Vec::new();
     while offline.len() < dead.len() {
         let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, events.next()).await {
             Ok(Some(PresenceEvent::Offline(v))) => offline.push(v.client_id),
             Ok(Some(PresenceEvent::Online(_))) => {}
-            other => panic!("only {} offline events before the deadline: {other:?}", offline.len()),
+            other => panic!("only {} offline events within {CLEANUP_DEADLINE:?}: {other:?}", offline.len()),
         }
     }
     offline.sort();
     assert_eq!(offline, dead, "one offline event per socket of the dead node");
-    // No second cleaner: no further offline event arrives.
-    assert!(tokio::time::timeout(Duration::from_secs(6), events.next()).await.is_err(), "a duplicate event");
 
+    // A socket's offline event goes out after its close script and channel leaves: the state
+    // read now is the state within the deadline.
     let counts = online_counts(&redis);
-    let survivors: HashMap<i64, i64> = (1..=300).filter(|id| id % 3 != 0).map(|id| (id, 1)).collect();
-    assert_eq!(counts, survivors, "dead node's clients gone, the other 200 untouched");
     let members: Vec<String> = redis.cmd(&["HKEYS", "im_v2_wsChanall"]);
-    assert_eq!(members.len(), 200);
-    assert!(members.iter().all(|m| m.parse::<i64>().unwrap() % 3 != 0));
-    assert_eq!(redis.hash("im_v2_wsListChan").iter().find(|(c, _)| c == "all").unwrap().1, "200");
-    assert_eq!(redis.hash("im_v2_wsClient3"), []);
-    let records: i64 = redis.cmd(&["HLEN", &format!("im_v2_wsNodeSockets{}", servers[0])]);
-    assert_eq!(records, 0);
+    let list_chan = redis.hash("im_v2_wsListChan");
+    let client_keys: Vec<String> = redis.cmd(&["KEYS", "im_v2_wsClient*"]);
+    let dead_records: i64 = redis.cmd(&["HLEN", &format!("im_v2_wsNodeSockets{}", servers[0])]);
+    assert!(Instant::now() < deadline, "the state was not read within {CLEANUP_DEADLINE:?} of the kill");
+    let alive: Vec<i64> = (1..=300).filter(|id| id % 3 != 0).collect();
+    let want: HashMap<i64, i64> = alive.iter().map(|&id| (id, 1)).collect();
+    assert_eq!(counts, want, "the dead node's clients gone, the other 200 at exactly 1 (no double decrement)");
+    let ids = |fields: &[String], prefix: &str| {
+        let mut ids: Vec<i64> = fields.iter().map(|f| f.strip_prefix(prefix).unwrap().parse().unwrap()).collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(ids(&members, ""), alive, "channel \"all\" holds exactly the 200 survivors");
+    assert_eq!(ids(&client_keys, "im_v2_wsClient"), alive, "no dead client is in any channel");
+    let mut want_list: Vec<(String, String)> = alive.iter().map(|id| (format!("own{id}"), "1".to_owned())).collect();
+    want_list.push(("all".to_owned(), "200".to_owned()));
+    want_list.sort();
+    assert_eq!(list_chan, want_list, "member counts of the survivors' channels only");
+    assert_eq!(dead_records, 0);
+    for server in &servers[1..] {
+        let records: i64 = redis.cmd(&["HLEN", &format!("im_v2_wsNodeSockets{server}")]);
+        assert_eq!(records, 100, "{server} keeps its sockets");
+    }
+
+    // Exactly one cleaner: no further offline event, and the survivors' counters add up to
+    // one cleanup of 100 sockets.
+    assert!(tokio::time::timeout(SECOND_CLEANER_WATCH, events.next()).await.is_err(), "a duplicate event");
+    let mut cleanups = 0;
+    let mut cleaned = 0;
+    for node in &nodes[1..] {
+        let text = http_get_text(node.addr.parse().unwrap(), "/metrics").await;
+        cleanups += metric(&text, "freeim_lease_cleanups_total");
+        cleaned += metric(&text, "freeim_lease_cleaned_sockets_total");
+    }
+    assert_eq!((cleanups, cleaned), (1, 100), "one survivor cleaned up the dead node, once");
+    assert_eq!(online_counts(&redis), want, "still exact after the watch");
+
     // The survivors still deliver.
     im.send_message(0, &[1], "after", false).await.unwrap();
     let first = &mut sockets.iter_mut().find(|(id, _)| *id == 1).unwrap().1;
     assert_eq!(first.recv_text().await, "\"after\"");
+}
+
+/// The value of an unlabelled counter in a `/metrics` text.
+fn metric(text: &str, name: &str) -> u64 {
+    let line = text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' '));
+    line.and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no {name} in\n{text}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,6 +178,21 @@ async fn presence_matches(redis: &RedisServer, want: &HashMap<i64, i64>, servers
     online_counts(redis) == *want && records == want.values().sum::<i64>() as usize
 }
 
+/// Sends made while the receiver's node is subscribed again after the restart; the test
+/// keeps sending until it has made this many.
+const SENDS_AFTER_RECOVERY: usize = 10;
+
+/// How one send of the outage test went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Send {
+    /// The business side got an error.
+    Failed,
+    /// Accepted while the receiver's node was not subscribed: pub/sub may drop it.
+    AcceptedWhileDown,
+    /// Accepted while the receiver's node was subscribed: it must arrive.
+    AcceptedWhileLive,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restarted_empty_gets_exact_presence_back_and_delivery_resumes() {
     let mut cluster = Cluster::start(Kind::Redis, 2).await;
@@ -148,34 +201,111 @@ async fn redis_restarted_empty_gets_exact_presence_back_and_delivery_resumes() {
     let mut b = cluster.connect(2).await;
     let want = HashMap::from([(1, 2), (2, 1)]);
     assert!(presence_matches(cluster.redis(), &want, &cluster.servers).await);
+    let joined = HashMap::from([(1, vec!["room", "lobby"]), (2, vec!["room"])]);
+    for (id, chans) in &joined {
+        cluster.im.join_chan(*id, chans).await.unwrap();
+    }
+    assert!(channels_joined(cluster.redis()));
+    let events = cluster.im.event_bus();
+    eventually(|| async { events.is_live() }).await;
+    let business = tokio::spawn(rejoin_channels(cluster.im.clone(), events, joined.clone()));
 
-    // Traffic through the outage: count what is lost (pub/sub is at-most-once).
-    let sent = 40;
-    let mut failed = 0;
-    let redis = cluster.redis.as_mut().unwrap();
-    for i in 0..sent {
+    // Traffic through the outage (pub/sub is at-most-once): 10 sends before the kill, 10
+    // while Redis is down, then on until SENDS_AFTER_RECOVERY were made with b's node
+    // subscribed again.
+    let b_node = &cluster.nodes[freeim::protocol::node_index(2, cluster.servers.len())];
+    let mut sends = Vec::new();
+    let deadline = Instant::now() + RECOVERY;
+    loop {
+        let i = sends.len();
         if i == 10 {
-            redis.kill();
+            cluster.redis.as_mut().unwrap().kill();
         }
         if i == 20 {
-            redis.restart();
+            cluster.redis.as_mut().unwrap().restart();
         }
-        if cluster.im.send_message(0, &[2], &format!("m{i}"), false).await.is_err() {
-            failed += 1;
+        let after_restart = &sends[sends.len().min(20)..];
+        if after_restart.iter().filter(|s| **s == Send::AcceptedWhileLive).count() == SENDS_AFTER_RECOVERY {
+            break;
         }
+        assert!(Instant::now() < deadline, "b's node did not subscribe again within {RECOVERY:?}");
+        let live = b_node.is_live();
+        let sent = cluster.im.send_message(0, &[2], &format!("m{i}"), false).await;
+        sends.push(match (sent, live) {
+            (Err(_), _) => Send::Failed,
+            (Ok(()), false) => Send::AcceptedWhileDown,
+            (Ok(()), true) => Send::AcceptedWhileLive,
+        });
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    cluster.wait_live().await;
+    let mut received = Vec::new();
+    while let Ok(frame) = tokio::time::timeout(QUIET, b.recv_text()).await {
+        received.push(frame);
+    }
+    let count = |kind| sends.iter().filter(|s| **s == kind).count();
+    let (failed, accepted) = (count(Send::Failed), sends.len() - count(Send::Failed));
+    eprintln!(
+        "lost during outage: {} of {} sent ({failed} failed at the business side, {} accepted but not delivered)",
+        sends.len() - received.len(),
+        sends.len(),
+        accepted - received.len(),
+    );
+    let must: Vec<String> =
+        (0..sends.len()).filter(|&i| sends[i] == Send::AcceptedWhileLive).map(|i| format!("\"m{i}\"")).collect();
+    let accepted: Vec<String> =
+        (0..sends.len()).filter(|&i| sends[i] != Send::Failed).map(|i| format!("\"m{i}\"")).collect();
+    assert!(received.iter().all(|m| accepted.contains(m)), "only accepted sends arrive: {received:?}");
+    let received_must: Vec<&String> = received.iter().filter(|m| must.contains(m)).collect();
+    assert_eq!(received_must.len(), must.len(), "every send accepted while subscribed arrives, in order");
+    assert!(received_must.iter().zip(&must).all(|(r, m)| *r == m), "in order: {received:?}");
+
+    // Presence is exactly what the live sockets imply; channels are back once the business
+    // re-joined on the online events the nodes republished.
     let redis = cluster.redis();
     eventually(|| async { presence_matches(redis, &want, &cluster.servers).await }).await;
-    let mut received = 0;
-    while tokio::time::timeout(QUIET, b.recv_text()).await.is_ok() {
-        received += 1;
-    }
-    eprintln!("outage: {sent} sent, {failed} refused by the client, {} lost", sent - received);
-    assert!(received >= 10, "the messages before the outage arrived ({received})");
+    eventually_within(RECOVERY, || async { channels_joined(redis) }).await;
     cluster.im.send_message(0, &[1], "after", false).await.unwrap();
     assert_eq!(a1.recv_text().await, "\"after\"");
+    cluster.im.send_chan_message(0, "room", "to room").await.unwrap();
+    assert_eq!(a1.recv_text().await, "\"to room\"");
+    assert_eq!(b.recv_text().await, "\"to room\"");
+    business.abort();
+}
+
+/// The memberships of the outage test: 1 in room and lobby, 2 in room.
+fn channels_joined(redis: &RedisServer) -> bool {
+    let fields = |key: &str| {
+        let mut fields: Vec<String> = redis.cmd(&["HKEYS", key]);
+        fields.sort();
+        fields
+    };
+    fields("im_v2_wsChanroom") == ["1", "2"]
+        && fields("im_v2_wsChanlobby") == ["1"]
+        && fields("im_v2_wsClient1") == ["lobby", "room"]
+        && fields("im_v2_wsClient2") == ["room"]
+        && redis.hash("im_v2_wsListChan") == pairs(&[("lobby", "1"), ("room", "2")])
+}
+
+/// The business side's part in recovery (channel membership is business state): it joins
+/// each client's channels again on the client's online events, and on its own
+/// re-subscription, which may come after the nodes' events.
+async fn rejoin_channels(im: ImClient, mut events: EventStream, joined: HashMap<i64, Vec<&'static str>>) {
+    let mut epoch = events.epoch();
+    loop {
+        let ids: Vec<i64> = tokio::select! {
+            Some(event) = events.next() => match event {
+                PresenceEvent::Online(v) => vec![v.client_id],
+                PresenceEvent::Offline(_) => continue,
+            },
+            Ok(()) = epoch.changed() => joined.keys().copied().collect(),
+        };
+        for id in ids.iter().filter(|id| joined.contains_key(id)) {
+            // The first command after a Redis restart may meet the dead connection.
+            while im.join_chan(*id, &joined[id]).await.is_err() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

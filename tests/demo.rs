@@ -192,6 +192,51 @@ async fn demo_routes_on_a_redis_cluster() {
     cluster.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_joins_channels_again_after_redis_restarts_empty() {
+    let mut cluster = Cluster::start(Kind::Redis, 2).await;
+    let web = addr();
+    let servers = cluster.servers.join(",");
+    let _demo = Freeim::spawn(&["demo", "--redis", &cluster.redis().url(), "--servers", &servers, "--listen", &web]);
+    wait_http(&web).await;
+    let (_, answer) = post(&web, "/ws/pre-connect", "websocketId=7").await;
+    let mut ws = Ws::connect(answer["server"].as_str().unwrap()).await.unwrap();
+    assert_eq!(post(&web, "/ws/subscr-channel", "websocketId=7&channel=room").await.0, 200);
+    let online =
+        || async { post(&web, "/ws/online", "").await.1["clients"] == json!([{"websocketId": 7, "nick": null}]) };
+    eventually(online).await;
+
+    let redis = cluster.redis.as_mut().unwrap();
+    redis.kill();
+    redis.restart();
+    let redis = cluster.redis();
+    let joined = || async {
+        let members: Vec<String> = redis.cmd(&["HKEYS", "im_v2_wsChanroom"]);
+        let chans: Vec<String> = redis.cmd(&["HKEYS", "im_v2_wsClient7"]);
+        members == ["7"] && chans == ["room"] && redis.hash("im_v2_wsListChan") == pairs(&[("room", "1")])
+    };
+    eventually_within(RECOVERY, joined).await;
+    cluster.wait_live().await;
+    // The demo's first command after the restart may meet its dead connection (503).
+    let form = "websocketId=7&channel=room&message=%22back%22";
+    eventually(|| async { post(&web, "/ws/send-channelmsg", form).await.0 == 200 }).await;
+    assert_eq!(recv_skipping_presence(&mut ws).await, r#""\"back\"""#);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheme_wss_hands_out_wss_urls() {
+    let redis = RedisServer::start();
+    let (web, node) = (addr(), addr());
+    let _demo =
+        Freeim::spawn(&["demo", "--redis", &redis.url(), "--servers", &node, "--listen", &web, "--scheme", "wss"]);
+    wait_http(&web).await;
+    let (status, answer) = post(&web, "/ws/pre-connect", "websocketId=7").await;
+    assert_eq!(status, 200, "{answer}");
+    let url = answer["server"].as_str().unwrap();
+    assert!(url.starts_with(&format!("wss://{node}/ws?token=")), "{url}");
+}
+
 /// The next frame that is not the demo's own presence broadcast (sent on every change).
 async fn recv_skipping_presence(ws: &mut Ws) -> String {
     loop {

@@ -45,6 +45,7 @@ pub struct Metrics {
     receipts_offline: AtomicU64,
     redis_resubscribes: AtomicU64,
     lease_cleanups: AtomicU64,
+    lease_cleaned_sockets: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64, by: u64) {
@@ -99,9 +100,10 @@ impl Metrics {
         bump(&self.redis_resubscribes, 1);
     }
 
-    /// Sockets of a dead node cleaned up by this node.
+    /// This node cleaned up after a dead node (it held the cleanup lock), closing `sockets`.
     pub fn lease_cleanup(&self, sockets: usize) {
-        bump(&self.lease_cleanups, sockets as u64);
+        bump(&self.lease_cleanups, 1);
+        bump(&self.lease_cleaned_sockets, sockets as u64);
     }
 
     /// The Prometheus text exposition, with the gauges given by the caller.
@@ -171,8 +173,14 @@ impl Metrics {
         metric(
             "freeim_lease_cleanups_total",
             "counter",
-            "Sockets of dead nodes cleaned up by this node.",
+            "Cleanups of dead nodes run by this node (one per dead node it took the lock of).",
             &[("", get(&self.lease_cleanups))],
+        );
+        metric(
+            "freeim_lease_cleaned_sockets_total",
+            "counter",
+            "Sockets of dead nodes closed by this node's cleanups.",
+            &[("", get(&self.lease_cleaned_sockets))],
         );
         out
     }
@@ -194,6 +202,7 @@ mod tests {
         m.messages_in(3, 1);
         m.frames_out(10);
         m.receipt(false);
+        m.lease_cleanup(4);
         let text = m.render(7, true);
         for line in [
             "# TYPE freeim_connections gauge",
@@ -210,6 +219,8 @@ mod tests {
             "freeim_messages_malformed_total 1",
             "freeim_frames_out_total 10",
             "freeim_receipts_total{status=\"offline\"} 1",
+            "freeim_lease_cleanups_total 1",
+            "freeim_lease_cleaned_sockets_total 4",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

@@ -69,6 +69,9 @@ pub struct DemoArgs {
     /// WebSocket path of the cluster (names the Redis keys).
     #[arg(long, env = "FREEIM_PATH", value_name = "PATH", default_value = "/ws")]
     path: String,
+    /// Scheme of the connect URLs handed to pages: ws, or wss for nodes serving TLS.
+    #[arg(long, env = "FREEIM_SCHEME", value_name = "SCHEME", default_value = "ws", value_parser = ["ws", "wss"])]
+    scheme: String,
 }
 
 /// `freeim demo`: the business app against a running cluster, until SIGTERM or SIGINT.
@@ -76,8 +79,12 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     super::runtime(None)?.block_on(async {
         // Inside the runtime: opening the Redis connection manager spawns its tasks.
         let backend = RedisBackend::open(&args.redis).map_err(|e| anyhow!("--redis {:?}: {e}", args.redis))?;
-        let options = ImClientOptions { path: args.path.clone(), ..ImClientOptions::new(args.servers.clone()) };
-        let im = ImClient::new(Backend::Redis(backend), options).context("--servers / --path")?;
+        let options = ImClientOptions {
+            path: args.path.clone(),
+            scheme: args.scheme.clone(),
+            ..ImClientOptions::new(args.servers.clone())
+        };
+        let im = ImClient::new(Backend::Redis(backend), options).context("--servers / --path / --scheme")?;
         let listener = bind(&args.listen, "--listen").await?;
         match tokio::time::timeout(REDIS_PROBE_TIMEOUT, im.get_chan_list()).await {
             Ok(Ok(_)) => {}

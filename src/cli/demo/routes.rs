@@ -110,11 +110,15 @@ pub async fn get_channels(State(app): State<App>) -> Answer {
     Ok(ok(json!({ "channels": channel_list(&app.im).await? })))
 }
 
-/// `POST /ws/subscr-channel` (`websocketId`, `channel`): joins the channel.
+/// `POST /ws/subscr-channel` (`websocketId`, `channel`): joins the channel, remembered so
+/// it is joined again after a Redis restart (see [`Roster`]).
 #[tracing::instrument(skip_all, fields(websocket_id, channel))]
 pub async fn subscr_channel(State(app): State<App>, fields: Fields) -> Answer {
     let (id, chan) = (fields.client_id("websocketId")?, fields.channel("channel")?);
     record(id, &chan);
+    // Remembered first, so a full table refuses before anything is joined; a join that fails
+    // stays remembered, and happens at the client's next online event, as the page asked.
+    app.roster.join(id, &chan).map_err(DemoError::Full)?;
     app.im.join_chan(id, &[&chan]).await?;
     app.roster.touch();
     Ok(ok(json!({})))
@@ -127,6 +131,7 @@ pub async fn leave_channel(State(app): State<App>, fields: Fields) -> Answer {
     let (id, chan) = (fields.client_id("websocketId")?, fields.channel("channel")?);
     record(id, &chan);
     app.im.leave_chan(id, &[&chan]).await?;
+    app.roster.leave(id, &chan);
     app.roster.touch();
     Ok(ok(json!({})))
 }
