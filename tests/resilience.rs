@@ -167,3 +167,23 @@ async fn a_dropped_subscription_is_re_established() {
     drop(ws); // closed by the client: no close linger at shutdown
     cluster.shutdown().await;
 }
+
+/// A Redis that stops answering without closing its connections (a frozen host, a dropped
+/// route) is noticed by the subscription's idle probe: `/healthz` turns 503, and 200 again
+/// once Redis answers; delivery resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_redis_is_noticed_by_the_subscription_probe() {
+    let cluster = Cluster::start(Kind::Redis, 1).await;
+    let mut ws = cluster.connect(3).await;
+    wait_health(cluster.addr(0), 200).await;
+    cluster.redis().pause();
+    // Probe after 5 s of silence, dead after 5 s more, then reconnect attempts time out.
+    eventually_within(Duration::from_secs(20), || async { http_status(cluster.addr(0), "/healthz").await == 503 })
+        .await;
+    cluster.redis().resume();
+    wait_health(cluster.addr(0), 200).await;
+    send_when_redis_is_back(&cluster, &[3], "after the freeze").await;
+    assert_eq!(ws.recv_text().await, "\"after the freeze\"");
+    drop(ws); // closed by the client: no close linger at shutdown
+    cluster.shutdown().await;
+}
