@@ -76,17 +76,19 @@ impl RedisServer {
     /// Freezes it (SIGSTOP): its connections stay open but nothing answers, as with a
     /// frozen host or a dropped route. [`RedisServer::resume`] undoes it.
     pub fn pause(&self) {
-        self.signal("-STOP");
+        self.signal(libc::SIGSTOP);
     }
 
     /// Lets a paused server go on (SIGCONT).
     pub fn resume(&self) {
-        self.signal("-CONT");
+        self.signal(libc::SIGCONT);
     }
 
-    fn signal(&self, signal: &str) {
-        let pid = self.child.as_ref().expect("redis-server is running").id().to_string();
-        assert!(Command::new("kill").args([signal, &pid]).status().unwrap().success(), "kill {signal} {pid}");
+    fn signal(&self, signal: libc::c_int) {
+        let pid = self.child.as_ref().expect("redis-server is running").id();
+        let pid = libc::pid_t::try_from(pid).expect("a pid fits pid_t");
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill({pid}, {signal})");
     }
 
     /// A plain synchronous connection for asserting exact state.
