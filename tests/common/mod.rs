@@ -31,6 +31,13 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// Sends `signal` to `child` with kill(2) (no `kill` binary: a bare machine has none).
+pub fn send_signal(child: &Child, signal: libc::c_int) {
+    let pid = libc::pid_t::try_from(child.id()).expect("a pid fits pid_t");
+    // SAFETY: kill(2) on our own child's pid; no memory is involved.
+    assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill({pid}, {signal})");
+}
+
 /// A `redis-server` child process on a free port, with no persistence.
 pub struct RedisServer {
     pub port: u16,
@@ -85,10 +92,7 @@ impl RedisServer {
     }
 
     fn signal(&self, signal: libc::c_int) {
-        let pid = self.child.as_ref().expect("redis-server is running").id();
-        let pid = libc::pid_t::try_from(pid).expect("a pid fits pid_t");
-        // SAFETY: kill(2) on our own child's pid; no memory is involved.
-        assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill({pid}, {signal})");
+        send_signal(self.child.as_ref().expect("redis-server is running"), signal);
     }
 
     /// A plain synchronous connection for asserting exact state.

@@ -208,8 +208,7 @@ impl ServerProcess {
 
     /// Sends SIGTERM.
     pub fn terminate(&self) {
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
-        assert!(status.success());
+        super::send_signal(&self.child, libc::SIGTERM);
     }
 
     /// Waits (polling, up to `within`) for the process to exit; its exit code.
