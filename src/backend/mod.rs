@@ -21,7 +21,9 @@ pub use self::redis::RedisBackend;
 
 /// How many pub/sub messages may wait for a consumer that is not reading the subscription
 /// itself: in the in-process broker (a full queue makes the publisher wait) and in
-/// [`crate::EventStream`] (a full queue stops reading, so Redis buffers). Nothing is dropped.
+/// [`crate::EventStream`] (a full queue stops reading, so Redis buffers). Nothing is dropped
+/// here; Redis itself drops a subscriber that falls behind its `client-output-buffer-limit
+/// pubsub`, and the subscription then subscribes again.
 pub const SUBSCRIPTION_QUEUE: usize = 8192;
 
 /// A backend failure. Callers decide whether to retry; the gateway logs and goes on.
