@@ -10,18 +10,26 @@
 //!   in-process broker, so `cargo run --release` is a working chat with no Redis;
 //! - `freeim demo` ([`run`]): this app alone, against a real cluster through Redis.
 //!
-//! Files: [`routes`] (one handler per route), [`input`] (form fields and their limits),
-//! [`error`] (failures and their HTTP answers), [`roster`] (the live online list),
-//! [`assets`] (the embedded page and scripts).
+//! Files: [`routes`] (one handler per route), [`state`] (what the routes share), [`input`]
+//! (form fields and their limits), [`error`] (failures and their HTTP answers), [`roster`]
+//! (the online list, nicknames and joined channels), [`tracker`] (keeps the roster live from
+//! the event bus), [`rejoin`] (channels joined again after a Redis restart), [`broadcast`]
+//! (roster changes pushed to pages), [`channels`] (the channel list pages show), [`assets`]
+//! (the embedded page and scripts).
 
 mod assets;
+mod broadcast;
+mod channels;
 mod error;
 mod input;
+mod rejoin;
 mod roster;
 mod routes;
+mod state;
+mod tracker;
 
 use self::roster::Roster;
-use self::routes::App;
+use self::state::App;
 use anyhow::{Context, anyhow};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -140,8 +148,8 @@ pub fn run_all_in_one(args: QuickArgs) -> anyhow::Result<()> {
 /// Serves the app on `listener` until `stop` is cancelled, with the roster tasks.
 async fn serve(listener: TcpListener, im: ImClient, stop: CancellationToken) -> anyhow::Result<()> {
     let app = App { im, roster: Arc::new(Roster::default()) };
-    tokio::spawn(roster::track(app.im.clone(), app.roster.clone(), stop.clone()));
-    tokio::spawn(roster::push(app.im.clone(), app.roster.clone(), stop.clone()));
+    tokio::spawn(tracker::track(app.im.clone(), app.roster.clone(), stop.clone()));
+    tokio::spawn(broadcast::push(app.im.clone(), app.roster.clone(), stop.clone()));
     let service = router(app).into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, service).with_graceful_shutdown(stop.cancelled_owned()).await?;
     Ok(())

@@ -5,17 +5,18 @@
 //! page says who it is with `websocketId`. A real business app would take the id from its
 //! session instead, and that is the only change it needs to make to these routes.
 
+use super::channels::channel_list;
 use super::error::DemoError;
 use super::input::{Fields, MAX_CLIENT_ID};
 use super::roster::{OnlineClient, Roster};
+use super::state::App;
 use axum::Json;
 use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
-use freeim::{ClientId, ImClient};
+use freeim::ClientId;
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use tracing::Span;
 
 /// A fresh id is drawn from `1..=ALLOCATED_ID_MAX` (short enough to read on a page). An id
@@ -24,15 +25,6 @@ const ALLOCATED_ID_MAX: ClientId = 999_999_999;
 /// Draws of a fresh id before giving up on avoiding online ids (then ids stay unique with
 /// high probability all the same).
 const ALLOCATION_TRIES: usize = 8;
-
-/// What every route shares.
-#[derive(Debug, Clone)]
-pub struct App {
-    /// The business-side client (Redis or the in-process broker).
-    pub im: ImClient,
-    /// The live online list and nicknames.
-    pub roster: Arc<Roster>,
-}
 
 /// A route's answer: `{"code":0,…}` or a [`DemoError`].
 type Answer = Result<Json<Success>, DemoError>;
@@ -49,20 +41,9 @@ fn ok(fields: Value) -> Json<Success> {
     Json(Success { code: 0, fields })
 }
 
-/// One channel as the page lists it (FreeIM's `{chan, online}`; `online` is the member
-/// count).
-#[derive(Debug, Serialize)]
-pub struct ChannelEntry {
-    chan: String,
-    online: i64,
-}
-
-/// Every channel with its member count, ordered by name.
-pub async fn channel_list(im: &ImClient) -> Result<Vec<ChannelEntry>, freeim::Error> {
-    let mut list: Vec<ChannelEntry> =
-        im.get_chan_list().await?.into_iter().map(|(chan, online)| ChannelEntry { chan, online }).collect();
-    list.sort_by(|a, b| a.chan.cmp(&b.chan));
-    Ok(list)
+/// The answer of a route that has nothing to say but success: `{"code":0}`.
+fn done() -> Answer {
+    Ok(ok(json!({})))
 }
 
 /// The caller's address as FreeIM's demo takes it: `X-Real-IP` first (set by a proxy),
@@ -98,10 +79,8 @@ fn allocate_id(roster: &Roster) -> ClientId {
 /// `GET /ws/offline?websocketId=N`: closes every socket of the client.
 #[tracing::instrument(skip_all, fields(websocket_id))]
 pub async fn offline(State(app): State<App>, fields: Fields) -> Answer {
-    let id = fields.client_id("websocketId")?;
-    Span::current().record("websocket_id", id);
-    app.im.force_offline(id).await?;
-    Ok(ok(json!({})))
+    app.im.force_offline(websocket_id(&fields)?).await?;
+    done()
 }
 
 /// `POST /ws/get-channels`: every channel with its member count.
@@ -111,29 +90,27 @@ pub async fn get_channels(State(app): State<App>) -> Answer {
 }
 
 /// `POST /ws/subscr-channel` (`websocketId`, `channel`): joins the channel, remembered so
-/// it is joined again after a Redis restart (see [`Roster`]).
+/// it is joined again after a Redis restart (see [`rejoin`](super::rejoin)).
 #[tracing::instrument(skip_all, fields(websocket_id, channel))]
 pub async fn subscr_channel(State(app): State<App>, fields: Fields) -> Answer {
-    let (id, chan) = (fields.client_id("websocketId")?, fields.channel("channel")?);
-    record(id, &chan);
+    let (id, chan) = channel_fields(&fields)?;
     // Remembered first, so a full table refuses before anything is joined; a join that fails
     // stays remembered, and happens at the client's next online event, as the page asked.
     app.roster.join(id, &chan).map_err(DemoError::Full)?;
     app.im.join_chan(id, &[&chan]).await?;
     app.roster.touch();
-    Ok(ok(json!({})))
+    done()
 }
 
 /// `POST /ws/leave-channel` (`websocketId`, `channel`): leaves the channel. Not in FreeIM's
 /// demo.
 #[tracing::instrument(skip_all, fields(websocket_id, channel))]
 pub async fn leave_channel(State(app): State<App>, fields: Fields) -> Answer {
-    let (id, chan) = (fields.client_id("websocketId")?, fields.channel("channel")?);
-    record(id, &chan);
+    let (id, chan) = channel_fields(&fields)?;
     app.im.leave_chan(id, &[&chan]).await?;
     app.roster.leave(id, &chan);
     app.roster.touch();
-    Ok(ok(json!({})))
+    done()
 }
 
 /// `POST /ws/send-channelmsg` (`websocketId`, `channel`, `message`): to the channel's
@@ -141,17 +118,16 @@ pub async fn leave_channel(State(app): State<App>, fields: Fields) -> Answer {
 /// FreeIM's page relies on to show its own lines).
 #[tracing::instrument(skip_all, fields(websocket_id, channel))]
 pub async fn send_channel_msg(State(app): State<App>, fields: Fields) -> Answer {
-    let (id, chan) = (fields.client_id("websocketId")?, fields.channel("channel")?);
-    record(id, &chan);
+    let (_, chan) = channel_fields(&fields)?;
     app.im.send_chan_message(0, &chan, fields.message("message")?).await?;
-    Ok(ok(json!({})))
+    done()
 }
 
 /// `POST /ws/send-broadcast` (`message`): to every connected client.
 #[tracing::instrument(skip_all)]
 pub async fn send_broadcast(State(app): State<App>, fields: Fields) -> Answer {
     app.im.send_broadcast_message(fields.message("message")?).await?;
-    Ok(ok(json!({})))
+    done()
 }
 
 /// `POST /ws/send-msg` (`senderWebsocketId`, `receiveWebsocketId`, `message`, `isReceipt`):
@@ -163,7 +139,7 @@ pub async fn send_msg(State(app): State<App>, fields: Fields) -> Answer {
     Span::current().record("websocket_id", sender).record("receiver", receiver);
     let (message, receipt) = (fields.message("message")?, fields.flag("isReceipt")?);
     app.im.send_message(sender, &[receiver], message, receipt).await?;
-    Ok(ok(json!({})))
+    done()
 }
 
 /// `POST|GET /ws/online`: who is online, with nicknames. Not in FreeIM's demo.
@@ -177,10 +153,9 @@ pub async fn online(State(app): State<App>) -> Answer {
 /// FreeIM's demo.
 #[tracing::instrument(skip_all, fields(websocket_id))]
 pub async fn set_nick(State(app): State<App>, fields: Fields) -> Answer {
-    let id = fields.client_id("websocketId")?;
-    Span::current().record("websocket_id", id);
+    let id = websocket_id(&fields)?;
     app.roster.set_nick(id, fields.nick("nick")?).map_err(DemoError::Full)?;
-    Ok(ok(json!({})))
+    done()
 }
 
 /// Any other path.
@@ -193,8 +168,18 @@ pub async fn method_not_allowed() -> DemoError {
     DemoError::MethodNotAllowed
 }
 
-fn record(id: ClientId, chan: &str) {
-    Span::current().record("websocket_id", id).record("channel", chan);
+/// The `websocketId` field, recorded on the route's span.
+fn websocket_id(fields: &Fields) -> Result<ClientId, DemoError> {
+    let id = fields.client_id("websocketId")?;
+    Span::current().record("websocket_id", id);
+    Ok(id)
+}
+
+/// The `websocketId` and `channel` fields of a channel route, recorded on its span.
+fn channel_fields(fields: &Fields) -> Result<(ClientId, String), DemoError> {
+    let (id, chan) = (fields.client_id("websocketId")?, fields.channel("channel")?);
+    Span::current().record("websocket_id", id).record("channel", chan.as_str());
+    Ok((id, chan))
 }
 
 #[cfg(test)]
