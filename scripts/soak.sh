@@ -38,7 +38,7 @@ start=$SECONDS
 next_sample=$start
 cycles=0
 while (( SECONDS - start < minutes * 60 )); do
-  "$bin" bench fanout --nodes "$node" --redis "redis://127.0.0.1:$redis_port/0" --connections "$connections" \
+  "$bin" bench fanout --servers "$node" --redis "redis://127.0.0.1:$redis_port/0" --connections "$connections" \
     --messages "$messages" --rate 0 --watch-pid "$node_pid" --json "$work/soak.jsonl" >/dev/null 2>>"$work/bench.log" \
     || { echo "cycle $cycles failed:"; tail -5 "$work/bench.log"; exit 1; }
   cycles=$(( cycles + 1 ))

@@ -6,6 +6,7 @@
 //! The gateway uses it too, for receipts and for leaving channels when a client goes away.
 
 use crate::backend::{Backend, Op, PubSubMessage, RedisBackend, SUBSCRIPTION_QUEUE, Script, Subscription};
+use crate::cluster_names::{DEFAULT_PATH, check_node_name, check_path};
 use crate::error::{Error, Result};
 use crate::protocol::{self, ChanMessage, ClientId, DirectMessage, Keys, NodeCommand, TokenValue};
 use bytes::Bytes;
@@ -49,7 +50,7 @@ impl ImClientOptions {
     pub fn new<S: Into<String>>(servers: impl IntoIterator<Item = S>) -> Self {
         ImClientOptions {
             servers: servers.into_iter().map(Into::into).collect(),
-            path: "/ws".to_owned(),
+            path: DEFAULT_PATH.to_owned(),
             scheme: "ws".to_owned(),
             public_hosts: Vec::new(),
             token_ttl: Duration::from_secs(10),
@@ -62,11 +63,11 @@ impl ImClientOptions {
         if self.servers.is_empty() {
             return bad("the server list is empty".into());
         }
-        if let Some(s) = self.servers.iter().find(|s| s.is_empty() || s.contains(char::is_whitespace)) {
-            return bad(format!("server name {s:?} is empty or has white space"));
+        if let Err(e) = self.servers.iter().try_for_each(|s| check_node_name(s)) {
+            return bad(format!("server name {e}"));
         }
-        if !self.path.starts_with('/') || self.path.contains(['?', '#', ' ']) {
-            return bad(format!("path {:?} must start with '/' and hold no '?', '#' or space", self.path));
+        if let Err(e) = check_path(&self.path) {
+            return bad(format!("path {e}"));
         }
         if !matches!(self.scheme.as_str(), "ws" | "wss") {
             return bad(format!("scheme {:?} must be ws or wss", self.scheme));

@@ -18,6 +18,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod cluster_names;
 pub mod error;
 pub mod gateway;
 pub mod protocol;

@@ -50,6 +50,33 @@ fn online_lists_and_checks_presence() {
 }
 
 #[test]
+fn global_flags_go_after_the_command_too() {
+    let redis = RedisServer::start();
+    let _: i64 = redis.cmd(&["HSET", "im_v2_wsOnline", "7", "2", "3", "1"]);
+    assert_eq!(stdout(&redis, &["online", "--json"]), "[3,7]\n");
+    assert_eq!(
+        stdout(&redis, &["online", "7", "8", "--json"]),
+        "[{\"client\":7,\"online\":true},{\"client\":8,\"online\":false}]\n"
+    );
+
+    let _: i64 = redis.cmd(&["HSET", "im_v2_chatOnline", "5", "1"]);
+    let url = redis.url();
+    let after = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_freeim"))
+            .arg("ctl")
+            .args(args)
+            .args(["--redis", &url, "--servers", SERVERS, "--path", "/chat"])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "ctl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap()
+    };
+    assert_eq!(after(&["online", "5", "6"]), "5\tonline\n6\toffline\n");
+    let url = after(&["connect-url", "3", "--scheme", "wss"]);
+    assert!(url.starts_with("wss://127.0.0.1:6002/chat?token="), "{url}");
+}
+
+#[test]
 fn connect_url_stores_a_token() {
     let redis = RedisServer::start();
     let url = stdout(&redis, &["connect-url", "3", "--meta", "ops"]);

@@ -3,28 +3,19 @@
 //! Every command is one [`ImClient`] call. Output is for people by default and one JSON
 //! value per line with `--json`, for scripts.
 
+use super::cluster::ConnectArgs;
 use clap::{Args, Subcommand};
-use freeim::{ClientId, ImClient, ImClientOptions, PresenceEvent};
+use freeim::{ClientId, ImClient, PresenceEvent};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-/// Flags of `freeim ctl`.
+/// Flags of `freeim ctl`; the cluster flags and `--json` go before or after the command.
 #[derive(Debug, Args)]
 pub struct CtlArgs {
-    /// Redis URL of the cluster, e.g. redis://127.0.0.1:6379/0.
-    #[arg(long, env = "FREEIM_REDIS", value_name = "URL")]
-    redis: String,
-    /// The cluster's nodes, in the same order as the gateways'.
-    #[arg(long, env = "FREEIM_SERVERS", value_name = "A:P,B:P", value_delimiter = ',')]
-    servers: Vec<String>,
-    /// WebSocket path of the cluster (names the keys).
-    #[arg(long, env = "FREEIM_PATH", default_value = "/ws")]
-    path: String,
-    /// Scheme of connect URLs: ws, or wss for nodes serving TLS.
-    #[arg(long, env = "FREEIM_SCHEME", default_value = "ws")]
-    scheme: String,
+    #[command(flatten)]
+    connect: ConnectArgs,
     /// Print JSON (one value per line) instead of text.
-    #[arg(long)]
+    #[arg(long, global = true)]
     json: bool,
     #[command(subcommand)]
     command: CtlCommand,
@@ -129,13 +120,8 @@ impl Message {
 }
 
 pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(!args.servers.is_empty(), "--servers is required (flag or FREEIM_SERVERS)");
-    let options = ImClientOptions {
-        path: args.path.clone(),
-        scheme: args.scheme.clone(),
-        ..ImClientOptions::new(args.servers.clone())
-    };
-    let im = ImClient::connect(&args.redis, options)?;
+    let options = args.connect.options()?;
+    let im = ImClient::connect(args.connect.cluster.redis()?, options)?;
     let out = Output { json: args.json };
     match args.command {
         CtlCommand::ConnectUrl { id, meta } => {

@@ -4,6 +4,7 @@
 //! flag, a taken port, an unreachable Redis) is printed as one line and exits non-zero.
 
 mod bench;
+mod cluster;
 mod ctl;
 mod demo;
 mod server;
@@ -25,7 +26,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a gateway node (the ImServer): WebSocket clients in, messages from Redis out.
-    Server(server::ServerArgs),
+    Server(Box<server::ServerArgs>),
     /// Operate a live cluster through Redis: connect URLs, sends, presence, channels.
     Ctl(ctl::CtlArgs),
     /// Load-test gateway nodes (connect, fanout, p2p) against a raw baseline server.
@@ -45,7 +46,7 @@ pub fn main() -> ExitCode {
     };
     init_logging();
     let result = match cli.command {
-        Some(Command::Server(args)) => server::run(args),
+        Some(Command::Server(args)) => server::run(*args),
         Some(Command::Ctl(args)) => runtime(Some(1)).and_then(|rt| rt.block_on(ctl::run(args))),
         Some(Command::Bench(args)) => bench::run(args),
         Some(Command::Demo(args)) => demo::run(args),

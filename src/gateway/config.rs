@@ -1,9 +1,13 @@
 //! Gateway settings: parsed from flags, `FREEIM_*` variables and a TOML file, validated
 //! into a typed [`GatewayConfig`]. Every error names the flag it is about.
 //!
-//! Precedence: command line, then environment (both handled by the binary's argument
-//! parser), then the `--config` file, then the defaults below.
+//! Each setting is declared once, as a field of [`Settings`]: that field is its `--config`
+//! key, and (with the `cli` feature) its flag, variable and help, whose default note is
+//! read from the `DEFAULT_*` constant below. Precedence: command line, then environment
+//! (both handled by the binary's argument parser), then the `--config` file, then the
+//! defaults below.
 
+use crate::cluster_names::{DEFAULT_PATH, check_node_name, check_path};
 use serde::Deserialize;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -18,6 +22,8 @@ pub const DEFAULT_PONG_TIMEOUT: u64 = 25;
 /// consumer (1008). Large enough for thousands of chat messages; small enough that 19k
 /// stuck sockets cannot exhaust the node.
 pub const DEFAULT_MAX_QUEUE_BYTES: usize = 1024 * 1024;
+/// Smallest `--max-queue-bytes` accepted: below, a single chat message could not be queued.
+const MIN_QUEUE_BYTES: usize = 1024;
 /// Default seconds a shutdown waits for sockets to close and presence to be cleaned.
 pub const DEFAULT_DRAIN_TIMEOUT: u64 = 10;
 /// Default sockets one client id may hold on one node (devices, tabs); beyond, upgrades get 429.
@@ -106,13 +112,14 @@ fn invalid(flag: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { flag, reason: reason.into() }
 }
 
-/// The node list, as `A:P,B:P` or (in TOML) an array.
+/// A list setting (the nodes, the origins): `A,B` from a flag, a variable or a TOML string,
+/// or a TOML array.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(untagged)]
 pub enum ServerList {
     /// Comma-separated.
     Csv(String),
-    /// One entry per node.
+    /// One entry per item.
     List(Vec<String>),
 }
 
@@ -125,43 +132,118 @@ impl ServerList {
     }
 }
 
-/// Unvalidated settings from one source; the file format of `--config` (keys are the flag
-/// names, e.g. `ping-interval = 25`).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct Settings {
-    /// `--redis`
-    pub redis: Option<String>,
-    /// `--server`
-    pub server: Option<String>,
-    /// `--servers`
-    pub servers: Option<ServerList>,
-    /// `--listen`
-    pub listen: Option<String>,
-    /// `--path`
-    pub path: Option<String>,
-    /// `--ping-interval`
-    pub ping_interval: Option<u64>,
-    /// `--pong-timeout`
-    pub pong_timeout: Option<u64>,
-    /// `--allow-token-reuse`
-    pub allow_token_reuse: Option<bool>,
-    /// `--max-queue-bytes`
-    pub max_queue_bytes: Option<usize>,
-    /// `--drain-timeout`
-    pub drain_timeout: Option<u64>,
-    /// `--max-connections`
-    pub max_connections: Option<usize>,
-    /// `--max-sockets-per-client`
-    pub max_sockets_per_client: Option<usize>,
-    /// `--max-frames-per-sec`
-    pub max_frames_per_sec: Option<u32>,
-    /// `--allowed-origins`
-    pub allowed_origins: Option<ServerList>,
-    /// `--tls-cert`: PEM certificate chain.
-    pub tls_cert: Option<PathBuf>,
-    /// `--tls-key`: PEM private key.
-    pub tls_key: Option<PathBuf>,
+/// A flag's or a variable's value is comma-separated.
+impl From<String> for ServerList {
+    fn from(csv: String) -> Self {
+        ServerList::Csv(csv)
+    }
+}
+
+/// A help text ending in clap's `[default: …]` note, taken from the constant so the two
+/// cannot drift apart.
+#[cfg(feature = "cli")]
+pub fn with_default(text: &str, default: impl std::fmt::Display) -> String {
+    format!("{text} [default: {default}]")
+}
+
+/// Declares [`Settings`] and [`Settings::or`] from one field list, so a new setting cannot
+/// be left out of the merge of its sources.
+macro_rules! settings {
+    ($(#[$attr:meta])* pub struct Settings { $($(#[$field_attr:meta])* pub $field:ident: $ty:ty,)* }) => {
+        $(#[$attr])*
+        pub struct Settings {
+            $($(#[$field_attr])* pub $field: $ty,)*
+        }
+
+        impl Settings {
+            /// Each setting of `self`, or else of `fallback`.
+            pub fn or(self, fallback: Settings) -> Settings {
+                Settings { $($field: self.$field.or(fallback.$field),)* }
+            }
+        }
+    };
+}
+
+settings! {
+    /// Unvalidated settings from one source. Each field is written once: its flag, its
+    /// `FREEIM_*` variable and its help (with the `cli` feature, this is the argument group
+    /// of `freeim server`), and its key in the `--config` file (the flag's name, e.g.
+    /// `ping-interval = 25`). `--redis`, `--servers` and `--path` are keys here, but their
+    /// flags belong to the binary's cluster group, shared with `ctl`, `demo` and `bench`.
+    #[derive(Debug, Clone, Default, Deserialize)]
+    #[cfg_attr(feature = "cli", derive(clap::Args))]
+    #[serde(deny_unknown_fields, rename_all = "kebab-case")]
+    pub struct Settings {
+        /// `--redis`: the cluster's Redis URL.
+        #[cfg_attr(feature = "cli", arg(skip))]
+        pub redis: Option<String>,
+        /// `--server`: see [`GatewayConfig::server`].
+        #[cfg_attr(feature = "cli", arg(long, env = "FREEIM_SERVER", value_name = "HOST:PORT",
+            help = "This node's name, as listed in --servers"))]
+        pub server: Option<String>,
+        /// `--servers`: see [`GatewayConfig::servers`].
+        #[cfg_attr(feature = "cli", arg(skip))]
+        pub servers: Option<ServerList>,
+        /// `--listen`: see [`GatewayConfig::listen`].
+        #[cfg_attr(feature = "cli", arg(long, env = "FREEIM_LISTEN", value_name = "ADDR",
+            help = with_default("Address to listen on", "the --server address")))]
+        pub listen: Option<String>,
+        /// `--path`: see [`GatewayConfig::path`].
+        #[cfg_attr(feature = "cli", arg(skip))]
+        pub path: Option<String>,
+        /// `--ping-interval`: see [`GatewayConfig::ping_interval`].
+        #[cfg_attr(feature = "cli", arg(long, env = "FREEIM_PING_INTERVAL", value_name = "SECS",
+            help = with_default("Seconds between server pings", DEFAULT_PING_INTERVAL)))]
+        pub ping_interval: Option<u64>,
+        /// `--pong-timeout`: see [`GatewayConfig::pong_timeout`].
+        #[cfg_attr(feature = "cli", arg(long, env = "FREEIM_PONG_TIMEOUT", value_name = "SECS",
+            help = with_default("Seconds of silence after a ping before a socket is closed as dead",
+                DEFAULT_PONG_TIMEOUT)))]
+        pub pong_timeout: Option<u64>,
+        /// `--allow-token-reuse`: see [`GatewayConfig::allow_token_reuse`]. A flag without a
+        /// value; the variable takes true/false, 1/0, yes/no or on/off.
+        #[cfg_attr(feature = "cli", arg(long, env = "FREEIM_ALLOW_TOKEN_REUSE", num_args = 0,
+            default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new(),
+            help = with_default("Accept a token more than once within its TTL, as FreeIM does; \
+                FREEIM_ALLOW_TOKEN_REUSE takes true/false, 1/0, yes/no or on/off", "single use")))]
+        pub allow_token_reuse: Option<bool>,
+        /// `--max-queue-bytes`: see [`GatewayConfig::max_queue_bytes`].
+        #[cfg_attr(feature = "cli", arg(long, env = "FREEIM_MAX_QUEUE_BYTES", value_name = "BYTES",
+            help = with_default("Outgoing bytes a socket may queue before it is closed as a slow consumer",
+                DEFAULT_MAX_QUEUE_BYTES)))]
+        pub max_queue_bytes: Option<usize>,
+        /// `--drain-timeout`: see [`GatewayConfig::drain_timeout`].
+        #[cfg_attr(feature = "cli", arg(long, env = "FREEIM_DRAIN_TIMEOUT", value_name = "SECS",
+            help = with_default("Seconds a graceful shutdown may take", DEFAULT_DRAIN_TIMEOUT)))]
+        pub drain_timeout: Option<u64>,
+        /// `--max-connections`: see [`GatewayConfig::max_connections`].
+        #[cfg_attr(feature = "cli", arg(long, env = "FREEIM_MAX_CONNECTIONS", value_name = "N",
+            help = with_default("Sockets this node accepts; beyond, upgrades get 503",
+                format!("open-file limit - {RESERVED_FDS}"))))]
+        pub max_connections: Option<usize>,
+        /// `--max-sockets-per-client`: see [`GatewayConfig::max_sockets_per_client`].
+        #[cfg_attr(feature = "cli", arg(long, env = "FREEIM_MAX_SOCKETS_PER_CLIENT", value_name = "N",
+            help = with_default("Sockets one client id may hold on this node; beyond, upgrades get 429",
+                DEFAULT_MAX_SOCKETS_PER_CLIENT)))]
+        pub max_sockets_per_client: Option<usize>,
+        /// `--max-frames-per-sec`: see [`GatewayConfig::max_frames_per_sec`].
+        #[cfg_attr(feature = "cli", arg(long, env = "FREEIM_MAX_FRAMES_PER_SEC", value_name = "N",
+            help = with_default("Frames a socket may send per second; beyond, it is closed with 1008",
+                DEFAULT_MAX_FRAMES_PER_SEC)))]
+        pub max_frames_per_sec: Option<u32>,
+        /// `--allowed-origins`: see [`GatewayConfig::allowed_origins`].
+        #[cfg_attr(feature = "cli", arg(long, env = "FREEIM_ALLOWED_ORIGINS", value_name = "ORIGIN,ORIGIN",
+            help = with_default("Origins accepted on browser upgrades, e.g. https://chat.example.com", "any")))]
+        pub allowed_origins: Option<ServerList>,
+        /// `--tls-cert`: PEM certificate chain; see [`GatewayConfig::tls`].
+        #[cfg_attr(feature = "cli", arg(long, env = "FREEIM_TLS_CERT", value_name = "FILE",
+            help = "PEM certificate chain: serve wss:// (with --tls-key)"))]
+        pub tls_cert: Option<PathBuf>,
+        /// `--tls-key`: PEM private key of `--tls-cert`.
+        #[cfg_attr(feature = "cli", arg(long, env = "FREEIM_TLS_KEY", value_name = "FILE",
+            help = "PEM private key of --tls-cert"))]
+        pub tls_key: Option<PathBuf>,
+    }
 }
 
 /// A TOML error on one line, with where it is: the line number and the key on that line.
@@ -191,28 +273,6 @@ impl Settings {
         Self::from_toml(&text).map_err(file_error)
     }
 
-    /// Each setting of `self`, or else of `fallback`.
-    pub fn or(self, fallback: Settings) -> Settings {
-        Settings {
-            redis: self.redis.or(fallback.redis),
-            server: self.server.or(fallback.server),
-            servers: self.servers.or(fallback.servers),
-            listen: self.listen.or(fallback.listen),
-            path: self.path.or(fallback.path),
-            ping_interval: self.ping_interval.or(fallback.ping_interval),
-            pong_timeout: self.pong_timeout.or(fallback.pong_timeout),
-            allow_token_reuse: self.allow_token_reuse.or(fallback.allow_token_reuse),
-            max_queue_bytes: self.max_queue_bytes.or(fallback.max_queue_bytes),
-            drain_timeout: self.drain_timeout.or(fallback.drain_timeout),
-            max_connections: self.max_connections.or(fallback.max_connections),
-            max_sockets_per_client: self.max_sockets_per_client.or(fallback.max_sockets_per_client),
-            max_frames_per_sec: self.max_frames_per_sec.or(fallback.max_frames_per_sec),
-            allowed_origins: self.allowed_origins.or(fallback.allowed_origins),
-            tls_cert: self.tls_cert.or(fallback.tls_cert),
-            tls_key: self.tls_key.or(fallback.tls_key),
-        }
-    }
-
     /// Validates into the Redis URL and a [`GatewayConfig`].
     pub fn resolve(mut self) -> Result<(String, GatewayConfig), ConfigError> {
         let redis = self.redis.take().ok_or(ConfigError::Missing("redis"))?;
@@ -223,49 +283,23 @@ impl Settings {
 
     /// Validates into a [`GatewayConfig`], ignoring `redis` (for the in-process broker).
     pub fn resolve_gateway(self) -> Result<GatewayConfig, ConfigError> {
-        let servers = self.servers.ok_or(ConfigError::Missing("servers"))?.into_vec();
-        for s in &servers {
-            check_node_name(s).map_err(|reason| invalid("servers", reason))?;
-        }
-        let server = self.server.ok_or(ConfigError::Missing("server"))?;
-        if !servers.contains(&server) {
-            return Err(invalid("server", format!("{server:?} is not in --servers ({})", servers.join(","))));
-        }
+        let (server, servers) = resolve_nodes(self.server, self.servers)?;
         let listen_text = self.listen.unwrap_or_else(|| server.clone());
         let listen_flag = if listen_text == server { "server" } else { "listen" };
         let listen = resolve_addr(&listen_text).map_err(|reason| invalid(listen_flag, reason))?;
-        let path = self.path.unwrap_or_else(|| "/ws".to_owned());
-        if !path.starts_with('/') || path.len() < 2 || path.contains(['?', '#', ' ']) {
-            return Err(invalid("path", format!("{path:?} must start with '/' and hold no '?', '#' or space")));
-        }
-        let seconds = |flag, value: Option<u64>, default| match value.unwrap_or(default) {
-            0 => Err(invalid(flag, "must be at least 1 second")),
-            n => Ok(Duration::from_secs(n)),
-        };
+        let path = self.path.unwrap_or_else(|| DEFAULT_PATH.to_owned());
+        check_path(&path).map_err(|e| invalid("path", e.to_string()))?;
         let max_queue_bytes = self.max_queue_bytes.unwrap_or(DEFAULT_MAX_QUEUE_BYTES);
-        if max_queue_bytes < 1024 {
-            return Err(invalid("max-queue-bytes", "must be at least 1024"));
+        if max_queue_bytes < MIN_QUEUE_BYTES {
+            return Err(invalid("max-queue-bytes", format!("must be at least {MIN_QUEUE_BYTES}")));
         }
-        let at_least_one = |flag, value: Option<usize>, default: usize| match value.unwrap_or(default) {
-            0 => Err(invalid(flag, "must be at least 1")),
-            n => Ok(n),
-        };
         let max_frames_per_sec = self.max_frames_per_sec.unwrap_or(DEFAULT_MAX_FRAMES_PER_SEC);
         if max_frames_per_sec == 0 {
             return Err(invalid("max-frames-per-sec", "must be at least 1"));
         }
-        let allowed_origins = self.allowed_origins.map(ServerList::into_vec).unwrap_or_default();
-        if let Some(o) = allowed_origins.iter().find(|o| !(o.starts_with("http://") || o.starts_with("https://"))) {
-            return Err(invalid("allowed-origins", format!("{o:?} is not an origin like https://host[:port]")));
-        }
-        let tls = match (self.tls_cert, self.tls_key) {
-            (None, None) => None,
-            (Some(_), None) => return Err(invalid("tls-key", "is required with --tls-cert")),
-            (None, Some(_)) => return Err(invalid("tls-cert", "is required with --tls-key")),
-            (Some(cert), Some(key)) => Some(super::tls::load(&cert, &key).map_err(|(flag, why)| invalid(flag, why))?),
-        };
         Ok(GatewayConfig {
-            tls,
+            allowed_origins: resolve_origins(self.allowed_origins)?,
+            tls: resolve_tls(self.tls_cert, self.tls_key)?,
             max_connections: at_least_one("max-connections", self.max_connections, default_max_connections())?,
             max_sockets_per_client: at_least_one(
                 "max-sockets-per-client",
@@ -273,7 +307,6 @@ impl Settings {
                 DEFAULT_MAX_SOCKETS_PER_CLIENT,
             )?,
             max_frames_per_sec,
-            allowed_origins,
             ping_interval: seconds("ping-interval", self.ping_interval, DEFAULT_PING_INTERVAL)?,
             pong_timeout: seconds("pong-timeout", self.pong_timeout, DEFAULT_PONG_TIMEOUT)?,
             drain_timeout: seconds("drain-timeout", self.drain_timeout, DEFAULT_DRAIN_TIMEOUT)?,
@@ -287,6 +320,54 @@ impl Settings {
     }
 }
 
+/// The node list, each a `HOST:PORT`, and this node's name, one of them.
+fn resolve_nodes(server: Option<String>, servers: Option<ServerList>) -> Result<(String, Vec<String>), ConfigError> {
+    let servers = servers.ok_or(ConfigError::Missing("servers"))?.into_vec();
+    for s in &servers {
+        check_node_name(s).map_err(|e| invalid("servers", e.to_string()))?;
+    }
+    let server = server.ok_or(ConfigError::Missing("server"))?;
+    if !servers.contains(&server) {
+        return Err(invalid("server", format!("{server:?} is not in --servers ({})", servers.join(","))));
+    }
+    Ok((server, servers))
+}
+
+/// Origins are `http://…` or `https://…`; none given: any origin.
+fn resolve_origins(origins: Option<ServerList>) -> Result<Vec<String>, ConfigError> {
+    let origins = origins.map(ServerList::into_vec).unwrap_or_default();
+    match origins.iter().find(|o| !(o.starts_with("http://") || o.starts_with("https://"))) {
+        Some(o) => Err(invalid("allowed-origins", format!("{o:?} is not an origin like https://host[:port]"))),
+        None => Ok(origins),
+    }
+}
+
+/// TLS needs both files or neither.
+fn resolve_tls(cert: Option<PathBuf>, key: Option<PathBuf>) -> Result<Option<Arc<rustls::ServerConfig>>, ConfigError> {
+    match (cert, key) {
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(invalid("tls-key", "is required with --tls-cert")),
+        (None, Some(_)) => Err(invalid("tls-cert", "is required with --tls-key")),
+        (Some(cert), Some(key)) => super::tls::load(&cert, &key).map(Some).map_err(|(flag, why)| invalid(flag, why)),
+    }
+}
+
+/// A duration setting of at least one second.
+fn seconds(flag: &'static str, value: Option<u64>, default: u64) -> Result<Duration, ConfigError> {
+    match value.unwrap_or(default) {
+        0 => Err(invalid(flag, "must be at least 1 second")),
+        n => Ok(Duration::from_secs(n)),
+    }
+}
+
+/// A count setting of at least one.
+fn at_least_one(flag: &'static str, value: Option<usize>, default: usize) -> Result<usize, ConfigError> {
+    match value.unwrap_or(default) {
+        0 => Err(invalid(flag, "must be at least 1")),
+        n => Ok(n),
+    }
+}
+
 /// The open-file limit of this process minus [`RESERVED_FDS`].
 fn default_max_connections() -> usize {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
@@ -294,15 +375,6 @@ fn default_max_connections() -> usize {
     let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
     let files = if ok && limit.rlim_cur != libc::RLIM_INFINITY { limit.rlim_cur } else { 1 << 20 };
     files.saturating_sub(RESERVED_FDS).max(1) as usize
-}
-
-/// A node name must be `HOST:PORT`.
-fn check_node_name(name: &str) -> Result<(), String> {
-    let (host, port) = name.rsplit_once(':').ok_or_else(|| format!("{name:?} is not HOST:PORT"))?;
-    if host.is_empty() || host.contains(char::is_whitespace) || port.parse::<u16>().is_err() {
-        return Err(format!("{name:?} is not HOST:PORT"));
-    }
-    Ok(())
 }
 
 fn resolve_addr(text: &str) -> Result<SocketAddr, String> {
@@ -369,5 +441,36 @@ mod tests {
         assert!(Settings::from_toml("bogus = 1").unwrap_err().contains("unknown field"));
         let err = Settings::from_toml("redis = 'redis://r'\nping-interval = 'x'").unwrap_err();
         assert_eq!(err, "line 2, `ping-interval`: invalid type: string \"x\", expected u64");
+    }
+
+    /// Every flag reads `FREEIM_<FLAG>`, the variable [`ConfigError::Missing`] names.
+    #[cfg(feature = "cli")]
+    #[test]
+    fn every_flag_reads_its_freeim_variable() {
+        use clap::Args;
+        let command = Settings::augment_args(clap::Command::new("server"));
+        let flags: Vec<&clap::Arg> = command.get_arguments().collect();
+        assert!(flags.len() > 10, "{flags:?}");
+        for flag in flags {
+            let long = flag.get_long().expect("every setting is a long flag");
+            let env = flag.get_env().and_then(|e| e.to_str());
+            assert_eq!(env, Some(format!("FREEIM_{}", long.to_uppercase().replace('-', "_")).as_str()), "--{long}");
+        }
+    }
+
+    #[cfg(feature = "cli")]
+    #[test]
+    fn flags_and_variables_parse_into_settings() {
+        use clap::{Args, FromArgMatches};
+        let command = Settings::augment_args(clap::Command::new("server"));
+        let parse = |args: &[&str]| {
+            let matches = command.clone().try_get_matches_from(std::iter::once("server").chain(args.iter().copied()));
+            Settings::from_arg_matches(&matches.unwrap()).unwrap()
+        };
+        let s = parse(&["--allow-token-reuse", "--ping-interval", "5", "--allowed-origins", "https://a,https://b"]);
+        assert_eq!((s.allow_token_reuse, s.ping_interval), (Some(true), Some(5)));
+        assert_eq!(s.allowed_origins, Some(ServerList::Csv("https://a,https://b".into())));
+        let s = parse(&[]);
+        assert_eq!((s.allow_token_reuse, s.ping_interval, s.redis), (None, None, None));
     }
 }

@@ -26,6 +26,7 @@ mod stats;
 mod suite;
 mod worker;
 
+use super::cluster::ClusterArgs;
 use clap::{Args, Subcommand};
 use scenarios::{DEFAULT_INFLIGHT, Fanout, Target};
 use std::net::SocketAddr;
@@ -103,18 +104,12 @@ enum Scenario {
 /// Which servers a single scenario measures.
 #[derive(Debug, Args)]
 struct TargetArgs {
-    /// Node addresses in routing order (client id mod count), as the nodes' --servers.
-    #[arg(long, value_delimiter = ',', required = true, value_name = "A:P,B:P")]
-    nodes: Vec<String>,
-    /// Redis of the nodes (for tokens and publishing). Required unless --raw-control.
-    #[arg(long, value_name = "URL", required_unless_present = "raw_control")]
-    redis: Option<String>,
-    /// Measure raw baseline servers instead: their control addresses, in --nodes order.
+    /// The nodes (and, unless --raw-control, their Redis for tokens and publishing).
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    /// Measure raw baseline servers instead: their control addresses, in --servers order.
     #[arg(long, value_delimiter = ',', value_name = "ADDR,…")]
     raw_control: Vec<SocketAddr>,
-    /// WebSocket path of the nodes.
-    #[arg(long, default_value = "/ws")]
-    path: String,
     /// Server processes whose RSS and CPU to report (repeatable).
     #[arg(long, value_name = "PID")]
     watch_pid: Vec<u32>,
@@ -130,20 +125,18 @@ struct TargetArgs {
 }
 
 impl TargetArgs {
-    fn target(&self) -> Target {
+    fn target(&self) -> anyhow::Result<Target> {
         let raw = !self.raw_control.is_empty();
-        Target {
+        anyhow::ensure!(raw || self.cluster.redis.is_some(), "--redis is required unless --raw-control");
+        let redis = if raw { None } else { self.cluster.redis.clone() };
+        Ok(Target {
             label: if raw { "raw" } else { "freeim" }.to_owned(),
-            spec: TargetSpec {
-                nodes: self.nodes.clone(),
-                redis: if raw { None } else { self.redis.clone() },
-                path: self.path.clone(),
-            },
+            spec: TargetSpec { nodes: self.cluster.servers()?.to_vec(), redis, path: self.cluster.path().to_owned() },
             controls: self.raw_control.clone(),
             watch: self.watch_pid.clone(),
             redis_pid: self.redis_pid,
             min_workers: self.workers,
-        }
+        })
     }
 }
 
@@ -159,14 +152,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         let (record, json) = match args.scenario {
             Scenario::Connect { target, connections, rate, inflight, hold } => {
                 let hold = Duration::from_secs(hold);
-                (scenarios::connect(&target.target(), connections, rate, inflight, hold).await?, target.json)
+                (scenarios::connect(&target.target()?, connections, rate, inflight, hold).await?, target.json)
             }
             Scenario::Fanout { target, connections, messages, rate, broadcast } => {
                 let f = Fanout { sockets: connections, messages, rate, broadcast };
-                (scenarios::fanout(&target.target(), f).await?, target.json)
+                (scenarios::fanout(&target.target()?, f).await?, target.json)
             }
             Scenario::P2p { target, clients, messages, rate } => {
-                (scenarios::p2p(&target.target(), clients, messages, rate).await?, target.json)
+                (scenarios::p2p(&target.target()?, clients, messages, rate).await?, target.json)
             }
             Scenario::All(all) => return suite::run(all).await,
             Scenario::Worker | Scenario::RawServer(_) => unreachable!("handled above"),

@@ -30,15 +30,16 @@ mod tracker;
 
 use self::roster::Roster;
 use self::state::App;
+use super::cluster::ConnectArgs;
 use anyhow::{Context, anyhow};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use clap::Args;
 use freeim::backend::{Backend, MemoryBackend, RedisBackend};
-use freeim::gateway::{Gateway, GatewayConfig};
+use freeim::gateway::{ConfigError, Gateway, GatewayConfig};
 use freeim::{ImClient, ImClientOptions};
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -65,33 +66,20 @@ pub struct QuickArgs {
 /// Flags of `freeim demo`.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Redis URL of the cluster, e.g. redis://127.0.0.1:6379/0.
-    #[arg(long, env = "FREEIM_REDIS", value_name = "URL")]
-    redis: String,
-    /// The cluster's nodes, in the same order as the gateways' --servers.
-    #[arg(long, env = "FREEIM_SERVERS", value_name = "A:P,B:P", value_delimiter = ',', required = true)]
-    servers: Vec<String>,
+    #[command(flatten)]
+    connect: ConnectArgs,
     /// Address of the chat page and its business routes.
     #[arg(long, env = "FREEIM_DEMO_LISTEN", value_name = "ADDR", default_value = DEFAULT_LISTEN)]
     listen: String,
-    /// WebSocket path of the cluster (names the Redis keys).
-    #[arg(long, env = "FREEIM_PATH", value_name = "PATH", default_value = "/ws")]
-    path: String,
-    /// Scheme of the connect URLs handed to pages: ws, or wss for nodes serving TLS.
-    #[arg(long, env = "FREEIM_SCHEME", value_name = "SCHEME", default_value = "ws", value_parser = ["ws", "wss"])]
-    scheme: String,
 }
 
 /// `freeim demo`: the business app against a running cluster, until SIGTERM or SIGINT.
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     super::runtime(None)?.block_on(async {
         // Inside the runtime: opening the Redis connection manager spawns its tasks.
-        let backend = RedisBackend::open(&args.redis).map_err(|e| anyhow!("--redis {:?}: {e}", args.redis))?;
-        let options = ImClientOptions {
-            path: args.path.clone(),
-            scheme: args.scheme.clone(),
-            ..ImClientOptions::new(args.servers.clone())
-        };
+        let redis = args.connect.cluster.redis()?;
+        let options = args.connect.options()?;
+        let backend = RedisBackend::open(redis).map_err(|e| anyhow!("--redis {redis:?}: {e}"))?;
         let im = ImClient::new(Backend::Redis(backend), options).context("--servers / --path / --scheme")?;
         let listener = bind(&args.listen, "--listen").await?;
         match tokio::time::timeout(REDIS_PROBE_TIMEOUT, im.get_chan_list()).await {
@@ -99,7 +87,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             Ok(Err(e)) => return Err(anyhow!("--redis: cannot reach Redis: {e}")),
             Err(_) => return Err(anyhow!("--redis: Redis did not answer within {REDIS_PROBE_TIMEOUT:?}")),
         }
-        println!("FreeIM demo on a {}-node cluster: open {}", args.servers.len(), page_url(&listener)?);
+        println!("FreeIM demo on a {}-node cluster: open {}", args.connect.cluster.servers.len(), page_url(&listener)?);
         let stop = CancellationToken::new();
         let web = tokio::spawn(serve(listener, im, stop.clone()));
         tokio::select! {
@@ -113,8 +101,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
 
 /// `freeim` alone: a gateway and the demo app in one process on the in-process broker.
 pub fn run_all_in_one(args: QuickArgs) -> anyhow::Result<()> {
-    let gateway_name = check_host_port(&args.gateway).map_err(|reason| anyhow!("--gateway: {reason}"))?;
-    let config = GatewayConfig::new(&gateway_name, &[&gateway_name]).map_err(|e| anyhow!("--gateway: {e}"))?;
+    let config = GatewayConfig::new(&args.gateway, &[&args.gateway]).map_err(|e| match e {
+        ConfigError::Invalid { reason, .. } => anyhow!("--gateway: {reason}"),
+        e => anyhow!("--gateway: {e}"),
+    })?;
     super::runtime(None)?.block_on(async {
         let listener = bind(&args.listen, "--listen").await?;
         let backend = Backend::Memory(MemoryBackend::new());
@@ -126,7 +116,7 @@ pub fn run_all_in_one(args: QuickArgs) -> anyhow::Result<()> {
             public.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
         }
         let options =
-            ImClientOptions { public_hosts: vec![public.to_string()], ..ImClientOptions::new([gateway_name]) };
+            ImClientOptions { public_hosts: vec![public.to_string()], ..ImClientOptions::new([args.gateway]) };
         let im = ImClient::new(backend, options)?;
         println!("FreeIM is running in one process (gateway ws://{public}/ws, in-memory broker, Ctrl-C to stop)");
         println!("Open the chat: {}", page_url(&listener)?);
@@ -192,14 +182,4 @@ fn page_url(listener: &TcpListener) -> anyhow::Result<String> {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
     Ok(format!("http://{addr}/"))
-}
-
-/// `HOST:PORT` that resolves; returned as given (it is the node's name).
-fn check_host_port(text: &str) -> Result<String, String> {
-    let (host, port) = text.rsplit_once(':').ok_or_else(|| format!("{text:?} is not HOST:PORT"))?;
-    if host.is_empty() || port.parse::<u16>().is_err() {
-        return Err(format!("{text:?} is not HOST:PORT"));
-    }
-    text.to_socket_addrs().map_err(|e| format!("cannot resolve {text:?}: {e}"))?;
-    Ok(text.to_owned())
 }
