@@ -7,6 +7,15 @@
 //! side can replace its .NET counterpart. [`backend`] is the seam between Redis and the
 //! in-process broker used by the single-process mode.
 //!
+//! # Features
+//!
+//! - `gateway` (default): the gateway node, [`gateway`].
+//! - `cli` (default, implies `gateway`): what the `freeim` binary needs on top.
+//!
+//! A business app that only sends through [`ImClient`] depends on
+//! `freeim = { version = "…", default-features = false }`: the client, the wire format and the
+//! backends, without the gateway's WebSocket, TLS and HTTP stacks.
+//!
 //! ```no_run
 //! # async fn demo() -> freeim::Result<()> {
 //! use freeim::{ImClient, ImClientOptions};
@@ -19,6 +28,7 @@
 pub mod backend;
 pub mod client;
 pub mod error;
+#[cfg(feature = "gateway")]
 pub mod gateway;
 pub mod protocol;
 
