@@ -25,11 +25,15 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod backend;
 pub mod client;
 pub mod error;
 #[cfg(feature = "gateway")]
 pub mod gateway;
+#[doc(hidden)]
+pub mod internals;
 pub mod protocol;
 
 pub use client::{EventStream, ImClient, ImClientOptions, PresenceEvent, SendEvent};
