@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's whole test run: installs what the tests need when it is missing (as root,
-# from Debian's packages and npm), then format check, clippy, cargo test, browser tests.
+# from Debian's packages and npm), then format check, clippy, the library without default
+# features (clippy, tests, dependency tree), cargo test, browser tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +36,24 @@ cargo fmt --all -- --check
 
 say "cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
+
+# The library as a business app takes it (`default-features = false`): ImClient, the wire
+# format and the backends, without the gateway's and the binary's dependencies.
+say "cargo clippy --no-default-features"
+cargo clippy --all-targets --locked --no-default-features -- -D warnings
+
+say "cargo test --no-default-features (library and doc tests)"
+cargo test --locked --no-default-features --lib
+cargo test --locked --no-default-features --doc
+
+say "cargo tree --no-default-features: none of the gateway's or the binary's heavy crates"
+heavy='^(axum|clap|anyhow|tracing-subscriber|tikv-jemallocator|tikv-jemalloc-sys|rustls|tokio-rustls|tungstenite|hyper) '
+tree=$(cargo tree --locked -e normal --no-default-features --prefix none)
+if found=$(grep -E "$heavy" <<<"$tree"); then
+  echo "the library without default features pulls in:" >&2
+  sort -u <<<"$found" >&2
+  exit 1
+fi
 
 say "cargo test"
 cargo test --locked

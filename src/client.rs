@@ -187,7 +187,12 @@ impl ImClient {
     }
     /// The node that owns `client_id` (see [`protocol::node_index`]).
     pub fn server_of(&self, client_id: ClientId) -> &str {
-        &self.shared.servers[protocol::node_index(client_id, self.shared.servers.len())]
+        &self.shared.servers[self.node_of(client_id)]
+    }
+
+    /// The index of the node that owns `client_id`.
+    fn node_of(&self, client_id: ClientId) -> usize {
+        protocol::node_index(client_id, self.shared.servers.len())
     }
 
     /// Issues a token for `client_id` and returns the URL its browser connects to:
@@ -197,7 +202,7 @@ impl ImClient {
         let value = protocol::to_json(&TokenValue { client_id, meta: meta.map(Into::into) });
         let key = self.shared.keys.token(&token);
         self.shared.backend.set_ex(&key, &value, self.shared.token_ttl_secs).await?;
-        let node = protocol::node_index(client_id, self.shared.servers.len());
+        let node = self.node_of(client_id);
         Ok(format!("{}{token}", self.shared.connect_bases[node]))
     }
 
@@ -242,7 +247,7 @@ impl ImClient {
         // (node index, its receivers) in order of first appearance, as the reference.
         let mut by_node: Vec<(usize, Vec<ClientId>)> = Vec::new();
         for &id in receivers.iter().filter(|id| seen.insert(**id)) {
-            let node = protocol::node_index(id, self.shared.servers.len());
+            let node = self.node_of(id);
             match by_node.iter_mut().find(|(n, _)| *n == node) {
                 Some((_, ids)) => ids.push(id),
                 None => by_node.push((node, vec![id])),
@@ -291,7 +296,7 @@ impl ImClient {
 
     /// Closes every socket of `client_id` (close 1001, reason `disconnect`).
     pub async fn force_offline(&self, client_id: ClientId) -> Result<()> {
-        let node = protocol::node_index(client_id, self.shared.servers.len());
+        let node = self.node_of(client_id);
         let op = self.publish_op(node, NodeCommand::ForceOffline(client_id).encode());
         Ok(self.shared.backend.execute(vec![op]).await?)
     }
@@ -317,7 +322,7 @@ impl ImClient {
 
     /// Ids of every client with at least one socket, on any node (`HKEYS {P}Online`).
     pub async fn get_client_list_by_online(&self) -> Result<Vec<ClientId>> {
-        Ok(parse_ids(self.hkeys(self.shared.keys.online().to_owned()).await?))
+        Ok(protocol::member_ids(&self.hkeys(self.shared.keys.online().to_owned()).await?))
     }
 
     /// Whether `client_id` has at least one socket on any node (`HGET {P}Online`).
@@ -385,7 +390,7 @@ impl ImClient {
         if chan.is_empty() {
             return Ok(Vec::new());
         }
-        Ok(parse_ids(self.hkeys(self.shared.keys.chan(chan)).await?))
+        Ok(protocol::member_ids(&self.hkeys(self.shared.keys.chan(chan)).await?))
     }
 
     /// Removes from `chan` every member with no socket on any node, and returns them.
@@ -434,11 +439,6 @@ impl ImClient {
 /// Whether a `{P}Online` count field says online (a number above 0).
 fn count_is_positive(count: Option<&str>) -> bool {
     count.and_then(|c| c.parse::<i64>().ok()).unwrap_or(0) > 0
-}
-
-/// Client ids from hash fields: `0` and non-numeric fields are skipped, as the reference.
-fn parse_ids(fields: Vec<String>) -> Vec<ClientId> {
-    fields.iter().filter_map(|f| f.parse().ok()).filter(|id| *id != 0).collect()
 }
 
 /// Reads `subscription` into `tx` until the [`EventStream`] is dropped. A full queue stops

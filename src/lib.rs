@@ -7,6 +7,15 @@
 //! side can replace its .NET counterpart. [`backend`] is the seam between Redis and the
 //! in-process broker used by the single-process mode.
 //!
+//! # Features
+//!
+//! - `gateway` (default): the gateway node, [`gateway`].
+//! - `cli` (default, implies `gateway`): what the `freeim` binary needs on top.
+//!
+//! A business app that only sends through [`ImClient`] depends on
+//! `freeim = { version = "…", default-features = false }`: the client, the wire format and the
+//! backends, without the gateway's WebSocket, TLS and HTTP stacks.
+//!
 //! ```no_run
 //! # async fn demo() -> freeim::Result<()> {
 //! use freeim::{ImClient, ImClientOptions};
@@ -16,11 +25,16 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod backend;
 pub mod client;
 pub mod cluster_names;
 pub mod error;
+#[cfg(feature = "gateway")]
 pub mod gateway;
+#[doc(hidden)]
+pub mod internals;
 pub mod protocol;
 
 pub use client::{EventStream, ImClient, ImClientOptions, PresenceEvent, SendEvent};

@@ -4,6 +4,9 @@
 //! The reference writes JSON with Newtonsoft.Json; [`to_json`] reproduces its output for
 //! every value we send (compact, C# value tuples as `Item1`, `Item2`, …, and Newtonsoft's
 //! string escaping, which differs from serde_json's in three characters).
+//!
+//! The types here are public on purpose: they are the contract between FreeIM's parts, for
+//! any Rust program that speaks it (a native client, a tool reading node channels).
 
 use serde::{Deserialize, Serialize};
 use std::io;
@@ -12,9 +15,9 @@ use std::io;
 pub type ClientId = i64;
 
 /// Prefix of a node-channel payload asking a node to close every socket of a client.
-pub const FORCE_OFFLINE_PREFIX: &str = "__FreeIM__(ForceOffline)";
+const FORCE_OFFLINE_PREFIX: &str = "__FreeIM__(ForceOffline)";
 /// Prefix of a node-channel payload carrying a channel (or broadcast) message.
-pub const CHAN_MESSAGE_PREFIX: &str = "__FreeIM__(ChanMessage)";
+const CHAN_MESSAGE_PREFIX: &str = "__FreeIM__(ChanMessage)";
 /// Receipt status when the receiver had at least one socket on its node.
 pub const RECEIPT_DELIVERED: &str = "发送成功";
 /// Receipt status when the receiver had no socket on its node.
@@ -109,7 +112,7 @@ pub fn node_index(id: ClientId, servers: usize) -> usize {
 }
 
 /// A fresh token: 128 lowercase hex characters from the OS-seeded CSPRNG.
-pub fn new_token() -> String {
+pub(crate) fn new_token() -> String {
     let mut bytes = [0u8; TOKEN_LEN / 2];
     rand::fill(&mut bytes[..]);
     let mut token = String::with_capacity(TOKEN_LEN);
@@ -124,6 +127,12 @@ pub fn new_token() -> String {
 /// alphanumerics). Anything else is refused before Redis is asked.
 pub fn is_token_shaped(token: &str) -> bool {
     !token.is_empty() && token.len() <= TOKEN_LEN && token.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+/// Client ids of channel-member hash fields (`{P}Chan{chan}`, `{P}Online`): `0` (the system)
+/// and non-numeric fields are skipped, as the reference does.
+pub(crate) fn member_ids(fields: &[String]) -> Vec<ClientId> {
+    fields.iter().filter_map(|f| f.parse().ok()).filter(|id| *id != 0).collect()
 }
 
 /// The value stored under a token and published with online/offline events:
@@ -321,6 +330,12 @@ mod tests {
         assert!(!is_token_shaped(""));
         assert!(!is_token_shaped("ab/cd"));
         assert!(!is_token_shaped(&"a".repeat(129)));
+    }
+
+    #[test]
+    fn member_ids_skip_the_system_and_non_numeric_fields() {
+        let fields: Vec<String> = ["7", "0", "abc", "-3", "", " 5", "12"].map(String::from).into();
+        assert_eq!(member_ids(&fields), [7, -3, 12]);
     }
 
     /// Golden cases: value in, Newtonsoft's exact bytes out.

@@ -2,7 +2,7 @@
 //! (as two socket reads would deliver them) gives the very messages of reading them whole.
 #![no_main]
 use bytes::BytesMut;
-use freeim::backend::pubsub::{ReplyError, take_messages};
+use freeim::internals::{ReplyError, take_messages};
 use libfuzzer_sys::fuzz_target;
 
 type Messages = Vec<(String, Vec<u8>)>;

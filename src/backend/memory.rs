@@ -99,6 +99,11 @@ impl State {
         Ok(1)
     }
 
+    /// `SET`: `value` under `key` until `deadline`.
+    fn set(&mut self, key: &str, value: &str, deadline: Instant) {
+        self.strings.insert(key.to_owned(), (value.to_owned(), deadline));
+    }
+
     fn sweep_expired(&mut self, now: Instant) {
         if self.strings.len() >= 2 * self.swept_len.max(512) {
             self.strings.retain(|_, (_, deadline)| *deadline > now);
@@ -114,9 +119,7 @@ impl MemoryBackend {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock cannot leave a half-applied op (each op is applied
-        // whole), so a poisoned lock is still consistent: keep serving.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.state)
     }
 
     pub(super) async fn execute(&self, ops: Vec<Op>) -> Result<(), BackendError> {
@@ -148,7 +151,7 @@ impl MemoryBackend {
 
     async fn publish(&self, message: PubSubMessage) {
         let targets = {
-            let mut subs = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
+            let mut subs = lock(&self.subscribers);
             let Some(list) = subs.get_mut(&message.channel) else { return };
             list.retain(|tx| !tx.is_closed());
             list.clone()
@@ -167,8 +170,7 @@ impl MemoryBackend {
         let now = Instant::now();
         let mut state = self.state();
         state.sweep_expired(now);
-        let deadline = now + Duration::from_secs(ttl_secs);
-        state.strings.insert(key.to_owned(), (value.to_owned(), deadline));
+        state.set(key, value, now + Duration::from_secs(ttl_secs));
         Ok(())
     }
 
@@ -178,7 +180,7 @@ impl MemoryBackend {
         if state.strings.get(key).is_some_and(|(_, deadline)| *deadline > now) {
             return Ok(false);
         }
-        state.strings.insert(key.to_owned(), (value.to_owned(), now + Duration::from_secs(ttl_secs)));
+        state.set(key, value, now + Duration::from_secs(ttl_secs));
         Ok(true)
     }
 
@@ -223,7 +225,7 @@ impl MemoryBackend {
 
     pub(super) fn subscribe(&self, channels: Vec<String>) -> Subscription {
         let (tx, messages) = mpsc::channel(SUBSCRIPTION_QUEUE);
-        let mut subs = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut subs = lock(&self.subscribers);
         for channel in channels {
             subs.entry(channel).or_default().push(tx.clone());
         }
@@ -233,4 +235,11 @@ impl MemoryBackend {
         let (_, epoch) = watch::channel(1);
         Subscription { source: Source::Memory(messages), live, epoch }
     }
+}
+
+/// Locks `mutex`, poisoned or not. A panic while holding a lock cannot leave a half-applied op
+/// (each op is applied whole, each subscriber list edited whole), so a poisoned lock is still
+/// consistent: keep serving.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

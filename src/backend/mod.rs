@@ -9,9 +9,10 @@
 //! Write-only commands whose replies FreeIM ignores are sent as a batch of [`Op`]s, which the
 //! Redis backend pipelines (one round trip) and the memory backend applies in order.
 
-pub mod memory;
-pub mod pubsub;
-pub mod redis;
+mod memory;
+mod pubsub;
+mod redis;
+pub(crate) mod resp;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
@@ -24,7 +25,7 @@ pub use self::redis::RedisBackend;
 /// [`crate::EventStream`] (a full queue stops reading, so Redis buffers). Nothing is dropped
 /// here; Redis itself drops a subscriber that falls behind its `client-output-buffer-limit
 /// pubsub`, and the subscription then subscribes again.
-pub const SUBSCRIPTION_QUEUE: usize = 8192;
+pub(crate) const SUBSCRIPTION_QUEUE: usize = 8192;
 
 /// A backend failure. Callers decide whether to retry; the gateway logs and goes on.
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +66,7 @@ pub enum Script {
 
 impl Script {
     /// The Lua source.
-    pub fn lua(self) -> &'static str {
+    pub(crate) fn lua(self) -> &'static str {
         match self {
             Script::JoinChan => {
                 "if redis.call('HSETNX',KEYS[1],ARGV[1],0)==1 then redis.call('HSET',KEYS[2],ARGV[2],0) redis.call('HINCRBY',KEYS[3],ARGV[2],1) end return 1"
@@ -131,7 +132,7 @@ pub struct PubSubMessage {
 
 /// A subscription, read by the task that consumes it: messages are only received while
 /// [`Subscription::recv_many`] or [`Subscription::recv`] is awaited (on Redis, the awaiting
-/// task reads the socket itself; see [`pubsub`]). It resubscribes by itself after a loss and
+/// task reads the socket itself). It resubscribes by itself after a loss and
 /// ends when dropped.
 #[derive(Debug)]
 pub struct Subscription {

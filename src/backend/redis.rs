@@ -9,6 +9,7 @@
 use super::pubsub::{RedisSubscriber, Target};
 use super::{BackendError, Op, Script, Source, Subscription};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Cmd, FromRedisValue};
 use std::time::Duration;
 
 /// How long one connection attempt to Redis may take.
@@ -47,38 +48,27 @@ impl RedisBackend {
     pub(super) async fn execute(&self, ops: Vec<Op>) -> Result<(), BackendError> {
         let mut pipe = redis::pipe();
         for op in ops {
-            match op {
-                Op::Publish { channel, payload } => pipe.cmd("PUBLISH").arg(channel).arg(payload.as_ref()),
-                Op::HIncrBy { key, field, by } => pipe.cmd("HINCRBY").arg(key).arg(field).arg(by),
-                Op::HDel { key, fields } => pipe.cmd("HDEL").arg(key).arg(fields),
-                Op::Eval { script, keys, args } => {
-                    pipe.cmd("EVAL").arg(script.lua()).arg(keys.len()).arg(keys).arg(args)
-                }
-            }
-            .ignore();
+            pipe.add_command(command(op)).ignore();
         }
         Ok(pipe.exec_async(&mut self.conn.clone()).await?)
     }
 
     pub(super) async fn eval(&self, script: Script, keys: Vec<String>, args: Vec<String>) -> Result<i64, BackendError> {
-        let cmd = redis::cmd("EVAL").arg(script.lua()).arg(keys.len()).arg(keys).arg(args).clone();
-        Ok(cmd.query_async(&mut self.conn.clone()).await?)
+        self.query(&command(Op::Eval { script, keys, args })).await
     }
 
     pub(super) async fn set_ex(&self, key: &str, value: &str, ttl_secs: u64) -> Result<(), BackendError> {
-        let cmd = redis::cmd("SET").arg(key).arg(value).arg("EX").arg(ttl_secs).clone();
-        Ok(cmd.exec_async(&mut self.conn.clone()).await?)
+        self.query(redis::cmd("SET").arg(key).arg(value).arg("EX").arg(ttl_secs)).await
     }
 
     pub(super) async fn set_nx_ex(&self, key: &str, value: &str, ttl_secs: u64) -> Result<bool, BackendError> {
         let cmd = redis::cmd("SET").arg(key).arg(value).arg("NX").arg("EX").arg(ttl_secs).clone();
-        let reply: Option<String> = cmd.query_async(&mut self.conn.clone()).await?;
+        let reply: Option<String> = self.query(&cmd).await?;
         Ok(reply.is_some())
     }
 
     pub(super) async fn get(&self, key: &str, delete: bool) -> Result<Option<String>, BackendError> {
-        let cmd = redis::cmd(if delete { "GETDEL" } else { "GET" }).arg(key).clone();
-        Ok(cmd.query_async(&mut self.conn.clone()).await?)
+        self.query(redis::cmd(if delete { "GETDEL" } else { "GET" }).arg(key)).await
     }
 
     pub(super) async fn hkeys(&self, keys: &[String]) -> Result<Vec<Vec<String>>, BackendError> {
@@ -90,17 +80,19 @@ impl RedisBackend {
     }
 
     pub(super) async fn hget(&self, key: &str, field: &str) -> Result<Option<String>, BackendError> {
-        let cmd = redis::cmd("HGET").arg(key).arg(field).clone();
-        Ok(cmd.query_async(&mut self.conn.clone()).await?)
+        self.query(redis::cmd("HGET").arg(key).arg(field)).await
     }
 
     pub(super) async fn hmget(&self, key: &str, fields: &[String]) -> Result<Vec<Option<String>>, BackendError> {
-        let cmd = redis::cmd("HMGET").arg(key).arg(fields).clone();
-        Ok(cmd.query_async(&mut self.conn.clone()).await?)
+        self.query(redis::cmd("HMGET").arg(key).arg(fields)).await
     }
 
     pub(super) async fn hgetall(&self, key: &str) -> Result<Vec<(String, String)>, BackendError> {
-        let cmd = redis::cmd("HGETALL").arg(key).clone();
+        self.query(redis::cmd("HGETALL").arg(key)).await
+    }
+
+    /// Sends one command on the shared connection and converts its reply.
+    async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, BackendError> {
         Ok(cmd.query_async(&mut self.conn.clone()).await?)
     }
 
@@ -108,5 +100,17 @@ impl RedisBackend {
         let target = Target::new(self.client.get_connection_info());
         let (subscriber, live, epoch) = RedisSubscriber::new(target, channels);
         Subscription { source: Source::Redis(Box::new(subscriber)), live, epoch }
+    }
+}
+
+/// The Redis command of one [`Op`], exactly as the reference sends it.
+fn command(op: Op) -> Cmd {
+    match op {
+        Op::Publish { channel, payload } => redis::cmd("PUBLISH").arg(channel).arg(payload.as_ref()).clone(),
+        Op::HIncrBy { key, field, by } => redis::cmd("HINCRBY").arg(key).arg(field).arg(by).clone(),
+        Op::HDel { key, fields } => redis::cmd("HDEL").arg(key).arg(fields).clone(),
+        Op::Eval { script, keys, args } => {
+            redis::cmd("EVAL").arg(script.lua()).arg(keys.len()).arg(keys).arg(args).clone()
+        }
     }
 }
