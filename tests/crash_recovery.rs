@@ -176,10 +176,10 @@ async fn redis_restarted_empty_gets_exact_presence_back_and_delivery_resumes() {
     loop {
         let i = sends.len();
         if i == 10 {
-            cluster.backend.redis_mut().kill();
+            cluster.store.redis_mut().kill();
         }
         if i == 20 {
-            cluster.backend.redis_mut().restart(None);
+            cluster.store.redis_mut().restart(None);
         }
         let after_restart = &sends[sends.len().min(20)..];
         if after_restart.iter().filter(|s| **s == Send::AcceptedWhileLive).count() == SENDS_AFTER_RECOVERY {

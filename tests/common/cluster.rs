@@ -20,7 +20,7 @@ const BIND_ATTEMPTS: usize = 5;
 /// A backend, in-process gateway nodes, and a business-side client.
 pub struct Cluster {
     /// The backend every node and the client share.
-    pub backend: TestBackend,
+    pub store: TestBackend,
     /// The nodes, in the order of [`Cluster::servers`].
     pub nodes: Vec<Gateway>,
     /// Each node's `host:port`, as the client and the node channels name it.
@@ -39,12 +39,12 @@ impl Cluster {
     /// taken before the node binds it (tests run in parallel): then it starts again on
     /// other ports.
     pub async fn start_with(kind: Kind, n: usize, tweak: impl Fn(&mut GatewayConfig)) -> Self {
-        let backend = TestBackend::start(kind);
+        let store = TestBackend::start(kind);
         for _ in 0..BIND_ATTEMPTS {
             let servers: Vec<String> = (0..n).map(|_| free_addr()).collect();
-            if let Some(nodes) = start_nodes(&backend, &servers, &tweak).await {
-                let im = ImClient::new(backend.handle(), ImClientOptions::new(servers.clone())).unwrap();
-                let cluster = Cluster { backend, nodes, servers, im };
+            if let Some(nodes) = start_nodes(&store, &servers, &tweak).await {
+                let im = ImClient::new(store.handle(), ImClientOptions::new(servers.clone())).unwrap();
+                let cluster = Cluster { store, nodes, servers, im };
                 cluster.wait_live().await;
                 return cluster;
             }
@@ -54,17 +54,17 @@ impl Cluster {
 
     /// A fresh backend handle on the cluster's Redis or shared in-process broker.
     pub fn backend(&self) -> Backend {
-        self.backend.handle()
+        self.store.handle()
     }
 
     /// The cluster's Redis server; panics on the in-process broker.
     pub fn redis(&self) -> &RedisServer {
-        self.backend.redis().expect("a Redis cluster")
+        self.store.redis().expect("a Redis cluster")
     }
 
     /// The cluster's Redis server, to kill or restart it.
     pub fn redis_mut(&mut self) -> &mut RedisServer {
-        self.backend.redis_mut()
+        self.store.redis_mut()
     }
 
     /// Waits until every node's node-channel subscription is live.
@@ -89,7 +89,7 @@ impl Cluster {
 
     /// A hash as sorted (field, value) pairs, read through the cluster's backend.
     pub async fn hash(&self, key: &str) -> Vec<(String, String)> {
-        self.backend.hash(key).await
+        self.store.hash(key).await
     }
 
     /// `{P}Online` as sorted (client id, count) pairs.
@@ -150,7 +150,7 @@ impl Cluster {
 /// Starts a node for each of `servers`; `None` (and nothing left running) when one of
 /// the ports was taken.
 async fn start_nodes(
-    backend: &TestBackend,
+    store: &TestBackend,
     servers: &[String],
     tweak: &impl Fn(&mut GatewayConfig),
 ) -> Option<Vec<Gateway>> {
@@ -159,7 +159,7 @@ async fn start_nodes(
     for server in &names {
         let mut config = GatewayConfig::new(server, &names).unwrap();
         tweak(&mut config);
-        match Gateway::start(config, backend.handle()).await {
+        match Gateway::start(config, store.handle()).await {
             Ok(node) => nodes.push(node),
             Err(GatewayError::Bind { .. }) => {
                 join_all(nodes.into_iter().map(Gateway::shutdown)).await;
