@@ -2,24 +2,20 @@
 //! nodes, raw baseline and workers, runs every scenario at tiny sizes, and must finish with
 //! no connection failed and no message missing (it exits non-zero otherwise).
 
-use std::process::Command;
-use std::time::{Duration, Instant};
+mod common;
+use common::*;
+use std::time::Duration;
+
+/// How long the smoke suite may take.
+const SMOKE_WITHIN: Duration = Duration::from_secs(60);
 
 #[test]
 fn bench_smoke_suite_completes_with_nothing_missing() {
     let json = std::env::temp_dir().join(format!("freeim-bench-smoke-{}.jsonl", std::process::id()));
     let _ = std::fs::remove_file(&json);
-    let started = Instant::now();
-    let output = Command::new(env!("CARGO_BIN_EXE_freeim"))
-        .args(["bench", "all", "--smoke", "--json"])
-        .arg(&json)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run freeim bench");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "bench failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
-    assert!(started.elapsed() < Duration::from_secs(60), "the smoke suite took {:?}", started.elapsed());
+    let args = ["bench", "all", "--smoke", "--json", json.to_str().unwrap()];
+    let Finished { code, stdout, stderr } = run(&args, &[("RUST_LOG", "warn")], SMOKE_WITHIN);
+    assert_eq!(code, Some(0), "bench failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
 
     let lines = std::fs::read_to_string(&json).expect("JSON lines written");
     let records: Vec<serde_json::Value> = lines.lines().map(|l| serde_json::from_str(l).unwrap()).collect();

@@ -5,29 +5,25 @@ mod common;
 use common::*;
 use freeim::backend::{Backend, MemoryBackend, Subscription};
 use freeim::{ImClient, ImClientOptions, PresenceEvent};
-use futures_util::StreamExt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const A: &str = "127.0.0.1:6001";
 const B: &str = "127.0.0.1:6002";
 
-/// A backend (with its Redis process, if any) and a client for nodes A and B.
+/// A backend and a client for nodes A and B.
 struct Env {
-    _redis: Option<RedisServer>,
+    store: TestBackend,
     backend: Backend,
     im: ImClient,
 }
 
 impl Env {
     fn new(kind: Kind) -> Env {
-        let redis = (kind == Kind::Redis).then(RedisServer::start);
-        let backend = match &redis {
-            Some(r) => Backend::Redis(freeim::backend::RedisBackend::open(&r.url()).unwrap()),
-            None => Backend::Memory(MemoryBackend::new()),
-        };
+        let store = TestBackend::start(kind);
+        let backend = store.handle();
         let im = ImClient::new(backend.clone(), ImClientOptions::new([A, B])).unwrap();
-        Env { _redis: redis, backend, im }
+        Env { store, backend, im }
     }
 
     /// Subscribes to both node channels and waits until the subscription is live.
@@ -36,22 +32,6 @@ impl Env {
         assert!(sub.ready().await, "subscribed");
         sub
     }
-
-    async fn hash(&self, key: &str) -> Vec<(String, String)> {
-        let mut pairs = self.backend.hgetall(key).await.unwrap();
-        pairs.sort();
-        pairs
-    }
-}
-
-/// The next published (channel, payload), as text.
-async fn next(sub: &mut Subscription) -> (String, String) {
-    let msg = tokio::time::timeout(WAIT, sub.recv()).await.expect("a publish").unwrap();
-    (msg.channel, String::from_utf8(msg.payload.to_vec()).unwrap())
-}
-
-fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
-    items.iter().map(|(f, v)| (f.to_string(), v.to_string())).collect()
 }
 
 both!(connect_url_and_token_value, |kind| async move {
@@ -62,7 +42,7 @@ both!(connect_url_and_token_value, |kind| async move {
     assert!(token.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
     let stored = env.backend.get(&format!("im_v2_wsToken{token}"), false).await.unwrap();
     assert_eq!(stored.as_deref(), Some(r#"{"Item1":43,"Item2":"203.0.113.7"}"#));
-    if let Some(redis) = &env._redis {
+    if let Some(redis) = env.store.redis() {
         let ttl: i64 = redis.cmd(&["TTL", &format!("im_v2_wsToken{token}")]);
         assert!((1..=10).contains(&ttl), "TTL {ttl}");
     }
@@ -88,7 +68,7 @@ both!(payloads_on_node_channels_are_byte_exact, |kind| async move {
         (&cb, "__FreeIM__(ForceOffline)5"),
     ];
     for (channel, payload) in want {
-        assert_eq!(next(&mut sub).await, (channel.clone(), payload.to_owned()));
+        assert_eq!(next_publish(&mut sub).await, (channel.clone(), payload.to_owned()));
     }
 });
 
@@ -98,9 +78,9 @@ both!(channel_membership_state_is_exact, |kind| async move {
     im.join_chan(5, &["a", "b", ""]).await.unwrap();
     im.join_chan(5, &["a"]).await.unwrap(); // joining twice changes nothing
     im.join_chan(6, &["a"]).await.unwrap();
-    assert_eq!(env.hash("im_v2_wsChana").await, pairs(&[("5", "0"), ("6", "0")]));
-    assert_eq!(env.hash("im_v2_wsClient5").await, pairs(&[("a", "0"), ("b", "0")]));
-    assert_eq!(env.hash("im_v2_wsListChan").await, pairs(&[("a", "2"), ("b", "1")]));
+    assert_eq!(env.store.hash("im_v2_wsChana").await, pairs(&[("5", "0"), ("6", "0")]));
+    assert_eq!(env.store.hash("im_v2_wsClient5").await, pairs(&[("a", "0"), ("b", "0")]));
+    assert_eq!(env.store.hash("im_v2_wsListChan").await, pairs(&[("a", "2"), ("b", "1")]));
     let mut chans = im.get_chan_list().await.unwrap();
     chans.sort();
     assert_eq!(chans, vec![("a".to_owned(), 2), ("b".to_owned(), 1)]);
@@ -112,10 +92,10 @@ both!(channel_membership_state_is_exact, |kind| async move {
 
     im.leave_chan(5, &["a", "nope"]).await.unwrap();
     im.leave_chan_clients("b", &[5, 9]).await.unwrap();
-    assert_eq!(env.hash("im_v2_wsChana").await, pairs(&[("6", "0")]));
-    assert_eq!(env.hash("im_v2_wsClient5").await, vec![]);
-    assert_eq!(env.hash("im_v2_wsChanb").await, vec![]);
-    assert_eq!(env.hash("im_v2_wsListChan").await, pairs(&[("a", "1")]));
+    assert_eq!(env.store.hash("im_v2_wsChana").await, pairs(&[("6", "0")]));
+    assert_eq!(env.store.hash("im_v2_wsClient5").await, vec![]);
+    assert_eq!(env.store.hash("im_v2_wsChanb").await, vec![]);
+    assert_eq!(env.store.hash("im_v2_wsListChan").await, pairs(&[("a", "1")]));
     assert_eq!(im.get_chan_list_by_client_id(6).await.unwrap(), vec!["a".to_owned()]);
 });
 
@@ -140,15 +120,14 @@ both!(clear_chan_client_also_fixes_client_and_list_keys, |kind| async move {
     let op = freeim::backend::Op::HIncrBy { key: "im_v2_wsOnline".into(), field: "7".into(), by: 1 };
     env.backend.execute(vec![op]).await.unwrap();
     assert_eq!(env.im.clear_chan_client("c").await.unwrap(), vec!["8".to_owned()]);
-    assert_eq!(env.hash("im_v2_wsChanc").await, pairs(&[("7", "0")]));
-    assert_eq!(env.hash("im_v2_wsClient8").await, pairs(&[("d", "0")]));
-    assert_eq!(env.hash("im_v2_wsListChan").await, pairs(&[("c", "1"), ("d", "1")]));
+    assert_eq!(env.store.hash("im_v2_wsChanc").await, pairs(&[("7", "0")]));
+    assert_eq!(env.store.hash("im_v2_wsClient8").await, pairs(&[("d", "0")]));
+    assert_eq!(env.store.hash("im_v2_wsListChan").await, pairs(&[("c", "1"), ("d", "1")]));
 });
 
 both!(event_bus_yields_typed_events_and_skips_garbage, |kind| async move {
     let env = Env::new(kind);
-    let mut events = env.im.event_bus();
-    eventually(|| async { events.is_live() }).await;
+    let mut events = live_event_bus(&env.im).await;
     let publish = |channel: &str, payload: &str| freeim::backend::Op::Publish {
         channel: channel.into(),
         payload: payload.to_owned().into(),
@@ -161,8 +140,8 @@ both!(event_bus_yields_typed_events_and_skips_garbage, |kind| async move {
         ])
         .await
         .unwrap();
-    let first = tokio::time::timeout(WAIT, events.next()).await.unwrap().unwrap();
-    let second = tokio::time::timeout(WAIT, events.next()).await.unwrap().unwrap();
+    let first = next_event(&mut events).await;
+    let second = next_event(&mut events).await;
     let value = |meta: Option<&str>| freeim::protocol::TokenValue { client_id: 4, meta: meta.map(Into::into) };
     assert_eq!(first, PresenceEvent::Online(value(Some("m"))));
     assert_eq!(second, PresenceEvent::Offline(value(None)));
@@ -172,17 +151,16 @@ both!(event_bus_yields_typed_events_and_skips_garbage, |kind| async move {
 async fn event_bus_survives_a_redis_restart() {
     let mut redis = RedisServer::start();
     let im = ImClient::connect(&redis.url(), ImClientOptions::new([A])).unwrap();
-    let mut events = im.event_bus();
-    eventually(|| async { events.is_live() }).await;
+    let mut events = live_event_bus(&im).await;
     redis.kill();
-    eventually(|| async { !events.is_live() }).await;
-    redis.restart();
-    eventually(|| async { events.is_live() }).await;
+    eventually(None, || async { !events.is_live() }).await;
+    redis.restart(None);
+    eventually(None, || async { events.is_live() }).await;
     let _: i64 = redis.cmd(&["PUBLISH", "evt_im_v2_wsOnline", r#"{"Item1":9,"Item2":"back"}"#]);
-    let event = tokio::time::timeout(WAIT, events.next()).await.unwrap().unwrap();
+    let event = next_event(&mut events).await;
     assert!(matches!(event, PresenceEvent::Online(v) if v.client_id == 9));
     // Commands work again too, through the reconnecting command connection.
-    eventually(|| async { im.has_online(1).await.is_ok() }).await;
+    eventually(None, || async { im.has_online(1).await.is_ok() }).await;
 }
 
 #[tokio::test]

@@ -6,7 +6,6 @@ use common::*;
 use freeim::{EventStream, ImClient, ImClientOptions, PresenceEvent};
 use futures_util::StreamExt;
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// From a kill -9 until the dead node's clients must be gone everywhere: detection takes at
@@ -15,48 +14,11 @@ const CLEANUP_DEADLINE: Duration = Duration::from_secs(30);
 /// How long to watch for a second cleaner after the first: two renewal periods.
 const SECOND_CLEANER_WATCH: Duration = Duration::from_secs(10);
 
-struct NodeProcess {
-    child: Child,
-    addr: String,
-}
-
-impl NodeProcess {
-    fn spawn(redis: &RedisServer, addr: &str, servers: &[String]) -> NodeProcess {
-        let child = Command::new(env!("CARGO_BIN_EXE_freeim"))
-            .args(["server", "--redis", &redis.url(), "--server", addr, "--servers", &servers.join(",")])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let node = NodeProcess { child, addr: addr.to_owned() };
-        let deadline = Instant::now() + WAIT;
-        while !node.healthy() {
-            assert!(Instant::now() < deadline, "node {addr} did not become healthy");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        node
-    }
-
-    fn healthy(&self) -> bool {
-        use std::io::{Read, Write};
-        let Ok(mut stream) = std::net::TcpStream::connect(&self.addr) else { return false };
-        let _ = stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
-        let mut text = String::new();
-        let _ = stream.read_to_string(&mut text);
-        text.starts_with("HTTP/1.1 200")
-    }
-
-    fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        self.kill9();
-    }
+/// Starts a `freeim server` process for `addr` of the cluster `servers` on `redis`, and
+/// waits until it is healthy.
+async fn start_node(redis: &RedisServer, addr: &str, servers: &[String]) -> FreeimProcess {
+    let args = ["server", "--redis", &redis.url(), "--server", addr, "--servers", &servers.join(",")];
+    FreeimProcess::start(&args, &[("RUST_LOG", "warn")], addr, 200).await
 }
 
 fn online_counts(redis: &RedisServer) -> HashMap<i64, i64> {
@@ -66,8 +28,11 @@ fn online_counts(redis: &RedisServer) -> HashMap<i64, i64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_leaves_no_ghosts_and_one_survivor_cleans_up() {
     let redis = RedisServer::start();
-    let servers: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", free_port())).collect();
-    let mut nodes: Vec<NodeProcess> = servers.iter().map(|s| NodeProcess::spawn(&redis, s, &servers)).collect();
+    let servers: Vec<String> = (0..3).map(|_| free_addr()).collect();
+    let mut nodes = Vec::new();
+    for server in &servers {
+        nodes.push(start_node(&redis, server, &servers).await);
+    }
     let im = ImClient::connect(&redis.url(), ImClientOptions::new(servers.clone())).unwrap();
     // 300 clients, 100 per node (id mod 3), each in channel "all" and one of its own.
     let mut sockets = Vec::new();
@@ -76,11 +41,10 @@ async fn a_killed_node_leaves_no_ghosts_and_one_survivor_cleans_up() {
         sockets.push((id, Ws::connect(&url).await.unwrap()));
         im.join_chan(id, &["all".to_owned(), format!("own{id}")]).await.unwrap();
     }
-    eventually(|| async { online_counts(&redis).len() == 300 }).await;
-    let mut events = im.event_bus();
-    eventually(|| async { events.is_live() }).await;
+    eventually(None, || async { online_counts(&redis).len() == 300 }).await;
+    let mut events = live_event_bus(&im).await;
 
-    nodes[0].kill9(); // clients 3, 6, …, 300
+    nodes[0].kill(); // clients 3, 6, …, 300
     let deadline = Instant::now() + CLEANUP_DEADLINE;
     let dead: Vec<i64> = (1..=300).filter(|id| id % 3 == 0).collect();
     let mut offline = Vec::new();
@@ -98,7 +62,7 @@ async fn a_killed_node_leaves_no_ghosts_and_one_survivor_cleans_up() {
     // A socket's offline event goes out after its close script and channel leaves: the state
     // read now is the state within the deadline.
     let counts = online_counts(&redis);
-    let members: Vec<String> = redis.cmd(&["HKEYS", "im_v2_wsChanall"]);
+    let members = redis.fields("im_v2_wsChanall");
     let list_chan = redis.hash("im_v2_wsListChan");
     let client_keys: Vec<String> = redis.cmd(&["KEYS", "im_v2_wsClient*"]);
     let dead_records: i64 = redis.cmd(&["HLEN", &format!("im_v2_wsNodeSockets{}", servers[0])]);
@@ -128,8 +92,8 @@ async fn a_killed_node_leaves_no_ghosts_and_one_survivor_cleans_up() {
     assert!(tokio::time::timeout(SECOND_CLEANER_WATCH, events.next()).await.is_err(), "a duplicate event");
     let mut cleanups = 0;
     let mut cleaned = 0;
-    for node in &nodes[1..] {
-        let text = http_get_text(node.addr.parse().unwrap(), "/metrics").await;
+    for server in &servers[1..] {
+        let text = metrics(server.as_str()).await;
         cleanups += metric(&text, "freeim_lease_cleanups_total");
         cleaned += metric(&text, "freeim_lease_cleaned_sockets_total");
     }
@@ -142,33 +106,27 @@ async fn a_killed_node_leaves_no_ghosts_and_one_survivor_cleans_up() {
     assert_eq!(first.recv_text().await, "\"after\"");
 }
 
-/// The value of an unlabelled counter in a `/metrics` text.
-fn metric(text: &str, name: &str) -> u64 {
-    let line = text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' '));
-    line.and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no {name} in\n{text}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_node_cleans_its_own_stale_presence_before_serving() {
     let redis = RedisServer::start();
-    let servers = vec![format!("127.0.0.1:{}", free_port())];
-    let mut node = NodeProcess::spawn(&redis, &servers[0], &servers);
+    let servers = vec![free_addr()];
+    let mut node = start_node(&redis, &servers[0], &servers).await;
     let im = ImClient::connect(&redis.url(), ImClientOptions::new(servers.clone())).unwrap();
     let mut held = Vec::new();
     for id in 1..=5 {
         held.push(Ws::connect(&im.prev_connect_server(id, None).await.unwrap()).await.unwrap());
         im.join_chan(id, &["room"]).await.unwrap();
     }
-    eventually(|| async { online_counts(&redis).len() == 5 }).await;
-    node.kill9();
+    eventually(None, || async { online_counts(&redis).len() == 5 }).await;
+    node.kill();
     drop(held);
-    let _node = NodeProcess::spawn(&redis, &servers[0], &servers); // well within the lease TTL
+    let _node = start_node(&redis, &servers[0], &servers).await; // well within the lease TTL
     assert_eq!(online_counts(&redis), HashMap::new());
     assert_eq!(redis.hash("im_v2_wsChanroom"), []);
     assert_eq!(redis.hash("im_v2_wsListChan"), []);
     let url = im.prev_connect_server(9, None).await.unwrap();
     let _ws = Ws::connect(&url).await.unwrap();
-    eventually(|| async { online_counts(&redis) == HashMap::from([(9, 1)]) }).await;
+    eventually(None, || async { online_counts(&redis) == HashMap::from([(9, 1)]) }).await;
 }
 
 /// Presence in Redis equals what the live sockets imply.
@@ -206,8 +164,7 @@ async fn redis_restarted_empty_gets_exact_presence_back_and_delivery_resumes() {
         cluster.im.join_chan(*id, chans).await.unwrap();
     }
     assert!(channels_joined(cluster.redis()));
-    let events = cluster.im.event_bus();
-    eventually(|| async { events.is_live() }).await;
+    let events = live_event_bus(&cluster.im).await;
     let business = tokio::spawn(rejoin_channels(cluster.im.clone(), events, joined.clone()));
 
     // Traffic through the outage (pub/sub is at-most-once): 10 sends before the kill, 10
@@ -219,10 +176,10 @@ async fn redis_restarted_empty_gets_exact_presence_back_and_delivery_resumes() {
     loop {
         let i = sends.len();
         if i == 10 {
-            cluster.redis.as_mut().unwrap().kill();
+            cluster.store.redis_mut().kill();
         }
         if i == 20 {
-            cluster.redis.as_mut().unwrap().restart();
+            cluster.store.redis_mut().restart(None);
         }
         let after_restart = &sends[sends.len().min(20)..];
         if after_restart.iter().filter(|s| **s == Send::AcceptedWhileLive).count() == SENDS_AFTER_RECOVERY {
@@ -262,8 +219,8 @@ async fn redis_restarted_empty_gets_exact_presence_back_and_delivery_resumes() {
     // Presence is exactly what the live sockets imply; channels are back once the business
     // re-joined on the online events the nodes republished.
     let redis = cluster.redis();
-    eventually(|| async { presence_matches(redis, &want, &cluster.servers).await }).await;
-    eventually_within(RECOVERY, || async { channels_joined(redis) }).await;
+    eventually(None, || async { presence_matches(redis, &want, &cluster.servers).await }).await;
+    eventually(Some(RECOVERY), || async { channels_joined(redis) }).await;
     cluster.im.send_message(0, &[1], "after", false).await.unwrap();
     assert_eq!(a1.recv_text().await, "\"after\"");
     cluster.im.send_chan_message(0, "room", "to room").await.unwrap();
@@ -274,15 +231,10 @@ async fn redis_restarted_empty_gets_exact_presence_back_and_delivery_resumes() {
 
 /// The memberships of the outage test: 1 in room and lobby, 2 in room.
 fn channels_joined(redis: &RedisServer) -> bool {
-    let fields = |key: &str| {
-        let mut fields: Vec<String> = redis.cmd(&["HKEYS", key]);
-        fields.sort();
-        fields
-    };
-    fields("im_v2_wsChanroom") == ["1", "2"]
-        && fields("im_v2_wsChanlobby") == ["1"]
-        && fields("im_v2_wsClient1") == ["lobby", "room"]
-        && fields("im_v2_wsClient2") == ["room"]
+    redis.fields("im_v2_wsChanroom") == ["1", "2"]
+        && redis.fields("im_v2_wsChanlobby") == ["1"]
+        && redis.fields("im_v2_wsClient1") == ["lobby", "room"]
+        && redis.fields("im_v2_wsClient2") == ["room"]
         && redis.hash("im_v2_wsListChan") == pairs(&[("lobby", "1"), ("room", "2")])
 }
 
@@ -319,21 +271,10 @@ async fn a_lost_subscription_with_redis_data_intact_does_not_double_count() {
     assert!(presence_matches(redis, &want, &cluster.servers).await);
     let killed: i64 = redis.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]);
     assert_eq!(killed, 2, "one subscription per node");
-    let resubscribed = |metrics: String| metrics.contains("freeim_redis_resubscribes_total 1\n");
-    for node in &cluster.nodes {
-        let addr = node.local_addr();
-        eventually(|| async move { resubscribed(http_get_text(addr, "/metrics").await) }).await;
+    for i in 0..cluster.nodes.len() {
+        eventually(None, || async { cluster.metric(i, "freeim_redis_resubscribes_total").await == 1 }).await;
     }
     assert!(presence_matches(redis, &want, &cluster.servers).await);
-}
-
-async fn http_get_text(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).await.unwrap();
-    text
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -350,7 +291,7 @@ async fn a_node_whose_lease_lapsed_records_its_live_sockets_again() {
     let _: i64 = redis.cmd(&["HDEL", "im_v2_wsOnline", "1"]);
     assert!(presence_matches(redis, &HashMap::new(), &cluster.servers).await);
     // At its next renewal (every 5 s) the node finds its lease lapsed and records both again.
-    eventually_within(Duration::from_secs(15), || async { presence_matches(redis, &want, &cluster.servers).await })
+    eventually(Some(Duration::from_secs(15)), || async { presence_matches(redis, &want, &cluster.servers).await })
         .await;
     let lease: Option<String> = redis.cmd(&["GET", &format!("im_v2_wsNodeLease{node}")]);
     assert!(lease.is_some());

@@ -2,23 +2,21 @@
 
 mod common;
 use common::*;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Output, Stdio};
 
 const SERVERS: &str = "127.0.0.1:6001,127.0.0.1:6002";
 
-fn ctl(redis: &RedisServer, args: &[&str]) -> Output {
-    let output = Command::new(env!("CARGO_BIN_EXE_freeim"))
-        .args(["ctl", "--redis", &redis.url(), "--servers", SERVERS])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "ctl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
-    output
+/// `freeim ctl` on `redis` with `args` after the common flags; it must succeed.
+fn ctl(redis: &RedisServer, args: &[&str]) -> Finished {
+    let url = redis.url();
+    let all: Vec<&str> = ["ctl", "--redis", &url, "--servers", SERVERS].iter().chain(args).copied().collect();
+    let finished = run(&all, &[], WAIT);
+    assert!(finished.success(), "ctl {args:?}: {}", finished.stderr);
+    finished
 }
 
+/// What [`ctl`] printed.
 fn stdout(redis: &RedisServer, args: &[&str]) -> String {
-    String::from_utf8(ctl(redis, args).stdout).unwrap()
+    ctl(redis, args).stdout
 }
 
 #[test]
@@ -114,17 +112,11 @@ fn sends_publish_exact_payloads() {
     }
 }
 
-#[test]
-fn events_tails_presence_as_json_lines() {
+#[tokio::test]
+async fn events_tails_presence_as_json_lines() {
     let redis = RedisServer::start();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_freeim"))
-        .args(["ctl", "--redis", &redis.url(), "--servers", SERVERS, "--json", "events"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // Publish until the tail has subscribed and printed the event.
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let tail = FreeimProcess::spawn(&["ctl", "--redis", &redis.url(), "--servers", SERVERS, "--json", "events"], &[]);
+    // Publish until the tail has subscribed, then wait for it to print the event.
     let publisher = std::thread::spawn({
         let url = redis.url();
         move || {
@@ -143,11 +135,10 @@ fn events_tails_presence_as_json_lines() {
             panic!("ctl events never subscribed");
         }
     });
-    let line = lines.next().unwrap().unwrap();
     publisher.join().unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
-    assert_eq!(line, r#"{"client":12,"event":"offline","meta":"x"}"#);
+    eventually(None, || async { tail.stdout_text().contains('\n') }).await;
+    let printed = tail.stdout_text();
+    assert_eq!(printed.lines().next().unwrap(), r#"{"client":12,"event":"offline","meta":"x"}"#);
 }
 
 #[test]
@@ -164,9 +155,8 @@ fn bad_arguments_fail_with_one_line() {
         ),
     ];
     for (args, want) in cases {
-        let output = Command::new(env!("CARGO_BIN_EXE_freeim")).args(*args).output().unwrap();
-        let stderr = String::from_utf8(output.stderr).unwrap();
-        assert!(!output.status.success(), "{args:?} should fail");
+        let Finished { code, stderr, .. } = run(args, &[], WAIT);
+        assert!(code != Some(0), "{args:?} should fail");
         assert_eq!(stderr.lines().count(), 1, "{args:?}: one line, got {stderr:?}");
         assert!(stderr.starts_with(want), "{args:?}: {stderr:?}");
     }

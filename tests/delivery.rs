@@ -10,8 +10,7 @@ both!(direct_message_reaches_every_socket_of_the_receiver, |kind| async move {
     cluster.im.send_message(1, &[2], "hello", false).await.unwrap();
     assert_eq!(a.recv_text().await, "\"hello\"");
     assert_eq!(b.recv_text().await, "\"hello\"");
-    drop((a, b)); // closed by the client: no close linger at shutdown
-    cluster.shutdown().await;
+    cluster.shutdown_after((a, b)).await;
 });
 
 // Golden frames: the business message in, the exact bytes of the server's frame out.
@@ -30,13 +29,12 @@ both!(frames_are_the_content_byte_for_byte, |kind| async move {
         ),
     ];
     let mut raw = RawWs::connect(&cluster.url(2).await).await;
-    eventually(|| async { cluster.im.has_online(2).await.unwrap() }).await;
+    eventually(None, || async { cluster.im.has_online(2).await.unwrap() }).await;
     for (message, frame) in cases {
         cluster.im.send_message(1, &[2], &message, false).await.unwrap();
         assert_eq!(raw.read_exact(frame.len()).await, frame, "{message}");
     }
-    drop(raw); // closed by the client: no close linger at shutdown
-    cluster.shutdown().await;
+    cluster.shutdown_after(raw).await;
 });
 
 both!(direct_message_reaches_receivers_on_three_nodes, |kind| async move {
@@ -54,8 +52,7 @@ both!(direct_message_reaches_receivers_on_three_nodes, |kind| async move {
     }
     // 6 gets nothing, the duplicate receiver 4 gets it once.
     expect_silence_all(sockets.iter_mut().map(|(_, ws)| ws)).await;
-    drop(sockets); // closed by the client: no close linger at shutdown
-    cluster.shutdown().await;
+    cluster.shutdown_after(sockets).await;
 });
 
 both!(a_sender_gets_its_own_message_only_on_its_other_sockets, |kind| async move {
@@ -73,8 +70,7 @@ both!(a_sender_gets_its_own_message_only_on_its_other_sockets, |kind| async move
     assert_eq!(b.recv_text().await, "\"mine\"");
     a.expect_silence().await;
     b.expect_silence().await;
-    drop((single, other, a, b)); // closed by the client: no close linger at shutdown
-    cluster.shutdown().await;
+    cluster.shutdown_after((single, other, a, b)).await;
 });
 
 both!(channel_messages_reach_members_only, |kind| async move {
@@ -97,8 +93,7 @@ both!(channel_messages_reach_members_only, |kind| async move {
     assert_eq!(members[2].recv_text().await, "\"from 3\"");
     members[0].expect_silence().await;
     outsider.expect_silence().await;
-    drop((members, outsider)); // closed by the client: no close linger at shutdown
-    cluster.shutdown().await;
+    cluster.shutdown_after((members, outsider)).await;
 });
 
 both!(broadcast_reaches_every_socket_on_every_node, |kind| async move {
@@ -112,8 +107,7 @@ both!(broadcast_reaches_every_socket_on_every_node, |kind| async move {
         assert_eq!(ws.recv_text().await, "\"all\"");
     }
     expect_silence_all(&mut sockets).await;
-    drop(sockets); // closed by the client: no close linger at shutdown
-    cluster.shutdown().await;
+    cluster.shutdown_after(sockets).await;
 });
 
 both!(many_messages_keep_their_order_per_socket, |kind| async move {
@@ -131,23 +125,20 @@ both!(many_messages_keep_their_order_per_socket, |kind| async move {
         }
     }
     expect_silence_all([&mut a, &mut b, &mut b2]).await;
-    drop((a, b, b2)); // closed by the client: no close linger at shutdown
-    cluster.shutdown().await;
+    cluster.shutdown_after((a, b, b2)).await;
 });
 
 // Consecutive channel messages published in one pipeline reach the node as one batch and
 // are merged into one write per socket; interleaved direct messages and broadcasts keep
 // their place.
 both!(merged_channel_messages_arrive_in_order, |kind| async move {
-    use freeim::backend::Op;
-    use freeim::protocol::{ChanMessage, DirectMessage, NodeCommand, to_json};
+    use freeim::protocol::{ChanMessage, NodeCommand, to_json};
     let cluster = Cluster::start(kind, 1).await;
     cluster.im.join_chan(1, &["room"]).await.unwrap();
     cluster.im.join_chan(2, &["room"]).await.unwrap();
     let mut member = cluster.connect(1).await;
     let mut member2 = cluster.connect(2).await;
     let mut outsider = cluster.connect(3).await;
-    let channel = cluster.im.keys().server(&cluster.servers[0]);
     let chan = |chan: Option<&str>, i: usize| {
         NodeCommand::Chan(ChanMessage { sender: 0, chan: chan.map(Into::into), content: to_json(&i) })
     };
@@ -156,12 +147,7 @@ both!(merged_channel_messages_arrive_in_order, |kind| async move {
     let mut want_outsider = Vec::new();
     for i in 0..200 {
         let command = match i % 50 {
-            20 => NodeCommand::Direct(DirectMessage {
-                sender: 0,
-                receivers: vec![1],
-                content: to_json(&i),
-                receipt: false,
-            }),
+            20 => system_message(1, &i),
             40..=44 => chan(None, i),
             _ => chan(Some("room"), i),
         };
@@ -177,8 +163,7 @@ both!(merged_channel_messages_arrive_in_order, |kind| async move {
     for i in 0..200 {
         want_member1.push(i.to_string());
     }
-    let ops = commands.iter().map(|c| Op::Publish { channel: channel.clone(), payload: c.encode().into() }).collect();
-    cluster.backend().execute(ops).await.unwrap();
+    cluster.publish(0, commands.iter().map(NodeCommand::encode)).await;
     for want in &want_member1 {
         assert_eq!(&member.recv_text().await, want);
     }
@@ -189,8 +174,7 @@ both!(merged_channel_messages_arrive_in_order, |kind| async move {
         assert_eq!(&outsider.recv_text().await, want);
     }
     expect_silence_all([&mut member, &mut member2, &mut outsider]).await;
-    drop((member, member2, outsider)); // closed by the client: no close linger at shutdown
-    cluster.shutdown().await;
+    cluster.shutdown_after((member, member2, outsider)).await;
 });
 
 // Channel member fields are client ids; `0` (the system) and non-numeric fields are
@@ -206,6 +190,5 @@ both!(channel_members_zero_and_non_numeric_are_skipped, |kind| async move {
     cluster.im.send_chan_message(7, "room", "members").await.unwrap();
     assert_eq!(member.recv_text().await, "\"members\"");
     zero.expect_silence().await;
-    drop((zero, member)); // closed by the client: no close linger at shutdown
-    cluster.shutdown().await;
+    cluster.shutdown_after((zero, member)).await;
 });

@@ -3,10 +3,7 @@
 
 mod common;
 use common::*;
-use freeim::backend::Op;
 use freeim::gateway::config::HANDSHAKE_TIMEOUT;
-use freeim::gateway::websocket::MAX_INBOUND_FRAME;
-use freeim::protocol::{DirectMessage, NodeCommand, to_json};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
@@ -26,12 +23,11 @@ both!(an_inbound_frame_over_64_kib_closes_with_1009, |kind| async move {
     assert_eq!(big.expect_close().await, (1009, "frame too big".to_owned()));
     cluster.expect_metric(0, "freeim_disconnects_total{reason=\"violation\"}", 1).await;
     assert_eq!(cluster.metric(0, "freeim_disconnects_total{reason=\"limit\"}").await, 0);
-    eventually(|| async { cluster.online().await == pairs(&[("1", "1")]) }).await;
+    eventually(None, || async { cluster.online().await == pairs(&[("1", "1")]) }).await;
     // Exactly the limit is fine: the socket still gets messages.
     cluster.im.send_message(0, &[1], "after", false).await.unwrap();
     assert_eq!(ok.recv_text().await, "\"after\"");
-    drop((ok, big)); // closed by the client: no close linger at shutdown
-    cluster.shutdown().await;
+    cluster.shutdown_after((ok, big)).await;
 });
 
 // A client that never reads while the node pushes more than `max_queue_bytes` is cut off;
@@ -39,20 +35,14 @@ both!(an_inbound_frame_over_64_kib_closes_with_1009, |kind| async move {
 // presence is cleaned.
 both!(a_slow_consumer_is_disconnected, |kind| async move {
     let cluster = Cluster::start_with(kind, 1, |c| c.max_queue_bytes = 64 * 1024).await;
-    let mut slow = connect_small_buffer(&cluster.url(1).await).await;
+    let mut slow = Ws::connect_small_buffer(&cluster.url(1).await).await;
     let mut other = cluster.connect(2).await;
-    eventually(|| async { cluster.online().await == pairs(&[("1", "1"), ("2", "1")]) }).await;
+    eventually(None, || async { cluster.online().await == pairs(&[("1", "1"), ("2", "1")]) }).await;
     let chunk = "y".repeat(60 * 1024);
     const N: usize = 100; // ~6 MB: more than the kernel buffers of both sides (~3 MB here)
     // One pipeline, so the node gets them in a burst (and the close frame can still be
     // flushed once the client reads).
-    let channel = cluster.im.keys().server(&cluster.servers[0]);
-    let publish = |i: usize| {
-        let content = to_json(&format!("{i:04}{chunk}"));
-        let message = NodeCommand::Direct(DirectMessage { sender: 0, receivers: vec![1], content, receipt: false });
-        Op::Publish { channel: channel.clone(), payload: message.encode().into() }
-    };
-    cluster.backend().execute((0..N).map(publish).collect()).await.unwrap();
+    cluster.publish(0, (0..N).map(|i| system_message(1, &format!("{i:04}{chunk}")).encode())).await;
     // The node handles its channel in order: once `other` has this, the slow client's
     // messages were all handled.
     cluster.im.send_message(0, &[2], "marker", false).await.unwrap();
@@ -75,14 +65,13 @@ both!(a_slow_consumer_is_disconnected, |kind| async move {
     // those that came while it closed.
     cluster.expect_metric(0, "freeim_disconnects_total{reason=\"slow_consumer\"}", 1).await;
     assert_eq!(cluster.metric(0, "freeim_queue_dropped_frames_total").await, (N - received) as u64);
-    eventually(|| async { cluster.online().await == pairs(&[("2", "1")]) }).await;
+    eventually(None, || async { cluster.online().await == pairs(&[("2", "1")]) }).await;
     cluster.im.send_message(0, &[2], "still served", false).await.unwrap();
     assert_eq!(other.recv_text().await, "\"still served\"");
     let mut late = cluster.connect(3).await;
     cluster.im.send_message(0, &[3], "newcomer", false).await.unwrap();
     assert_eq!(late.recv_text().await, "\"newcomer\"");
-    drop((slow, other, late)); // closed by the client: no close linger at shutdown
-    cluster.shutdown().await;
+    cluster.shutdown_after((slow, other, late)).await;
 });
 
 // With a 1 s ping interval and pong timeout, a peer that answers nothing is closed and
@@ -95,13 +84,13 @@ both!(a_dead_peer_is_closed_by_the_heartbeat, |kind| async move {
     .await;
     let mut dead = RawWs::connect(&cluster.url(1).await).await;
     let mut alive = cluster.connect(2).await;
-    eventually(|| async { cluster.online().await == pairs(&[("1", "1"), ("2", "1")]) }).await;
+    eventually(None, || async { cluster.online().await == pairs(&[("1", "1"), ("2", "1")]) }).await;
     let reader = tokio::spawn(async move {
         let pings = alive.keep_reading_until(|pings| pings >= 4).await;
         (alive, pings)
     });
     assert_eq!(dead.read_exact(2).await, [0x89, 0x00], "the server's ping frame");
-    eventually(|| async { cluster.online().await == pairs(&[("2", "1")]) }).await;
+    eventually(None, || async { cluster.online().await == pairs(&[("2", "1")]) }).await;
     assert_eq!(dead.read_to_end().await, b"", "closed without another frame");
     cluster.expect_metric(0, "freeim_disconnects_total{reason=\"dead_peer\"}", 1).await;
     let (mut alive, pings) = reader.await.unwrap();
@@ -109,36 +98,29 @@ both!(a_dead_peer_is_closed_by_the_heartbeat, |kind| async move {
     assert_eq!(cluster.online().await, pairs(&[("2", "1")]));
     cluster.im.send_message(0, &[2], "alive", false).await.unwrap();
     assert_eq!(alive.recv_text().await, "\"alive\"");
-    drop((dead, alive)); // closed by the client: no close linger at shutdown
-    cluster.shutdown().await;
+    cluster.shutdown_after((dead, alive)).await;
 });
 
 // Below the queue limit, a burst bigger than the kernel buffers waits in the node's queue
 // and reaches a client that reads late whole and in order (partial writes resumed).
 both!(a_burst_beyond_the_kernel_buffers_is_queued_in_order, |kind| async move {
     let cluster = Cluster::start_with(kind, 1, |c| c.max_queue_bytes = 32 * 1024 * 1024).await;
-    let mut late = connect_small_buffer(&cluster.url(1).await).await;
+    let mut late = Ws::connect_small_buffer(&cluster.url(1).await).await;
     let mut other = cluster.connect(2).await;
-    eventually(|| async { cluster.online().await == pairs(&[("1", "1"), ("2", "1")]) }).await;
-    let channel = cluster.im.keys().server(&cluster.servers[0]);
+    eventually(None, || async { cluster.online().await == pairs(&[("1", "1"), ("2", "1")]) }).await;
     const N: usize = 100;
-    let publish = |i: usize| {
-        // Sizes vary so that frame boundaries and partial writes fall everywhere.
-        let content = to_json(&format!("{i:04}{}", "q".repeat(40_000 + i * 517)));
-        let message = NodeCommand::Direct(DirectMessage { sender: 0, receivers: vec![1], content, receipt: false });
-        Op::Publish { channel: channel.clone(), payload: message.encode().into() }
-    };
-    cluster.backend().execute((0..N).map(publish).collect()).await.unwrap();
+    // Sizes vary so that frame boundaries and partial writes fall everywhere.
+    let message = |i: usize| format!("{i:04}{}", "q".repeat(40_000 + i * 517));
+    cluster.publish(0, (0..N).map(|i| system_message(1, &message(i)).encode())).await;
     cluster.im.send_message(0, &[2], "marker", false).await.unwrap();
     assert_eq!(other.recv_text().await, "\"marker\"");
     for i in 0..N {
-        let want = format!("\"{i:04}{}\"", "q".repeat(40_000 + i * 517));
+        let want = format!("\"{}\"", message(i));
         assert!(late.recv_text().await == want, "frame {i}");
     }
     late.expect_silence().await;
     assert_eq!(cluster.online().await, pairs(&[("1", "1"), ("2", "1")]));
-    drop((late, other)); // closed by the client: no close linger at shutdown
-    cluster.shutdown().await;
+    cluster.shutdown_after((late, other)).await;
 });
 
 // A client that connects and sends nothing, or only part of a request head, holds its

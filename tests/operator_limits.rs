@@ -4,18 +4,6 @@ mod common;
 use common::*;
 use freeim::backend::{Backend, MemoryBackend};
 use freeim::{Error, ImClient, ImClientOptions};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-
-/// Connects with an `Origin` header; `Err(status)` on an HTTP refusal.
-async fn connect_from(url: &str, origin: &str) -> Result<Ws, u16> {
-    let mut request = url.into_client_request().unwrap();
-    request.headers_mut().insert("Origin", origin.parse().unwrap());
-    match tokio_tungstenite::connect_async(request).await {
-        Ok((stream, _)) => Ok(Ws { stream }),
-        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
-        Err(e) => panic!("{e}"),
-    }
-}
 
 both!(connections_beyond_the_node_limit_get_503, |kind| async move {
     let cluster = Cluster::start_with(kind, 1, |c| c.max_connections = 2).await;
@@ -56,7 +44,7 @@ both!(concurrent_upgrades_never_overshoot_the_node_limit, |kind| async move {
         let refusals = ((ATTEMPTS - LIMIT) * round) as u64;
         cluster.expect_metric(0, "freeim_refused_total{reason=\"node_full\"}", refusals).await;
         drop(open);
-        eventually(|| async { cluster.nodes[0].connections() == 0 }).await;
+        eventually(None, || async { cluster.nodes[0].connections() == 0 }).await;
     }
     cluster.shutdown().await;
 });
@@ -76,12 +64,11 @@ both!(concurrent_upgrades_never_overshoot_the_per_client_limit, |kind| async mov
     assert_eq!(Ws::connect(&url).await.err(), Some(429));
     let mut open = open;
     drop(open.pop());
-    eventually(|| async { cluster.nodes[0].connections() == LIMIT - 1 }).await;
+    eventually(None, || async { cluster.nodes[0].connections() == LIMIT - 1 }).await;
     open.push(cluster.connect(7).await);
     let url = cluster.url(7).await;
     assert_eq!(Ws::connect(&url).await.err(), Some(429));
-    drop(open);
-    cluster.shutdown().await;
+    cluster.shutdown_after(open).await;
 });
 
 both!(sockets_beyond_the_per_client_limit_get_429, |kind| async move {
@@ -117,9 +104,9 @@ both!(origins_outside_the_allowed_list_get_403, |kind| async move {
     let cluster =
         Cluster::start_with(kind, 1, |c| c.allowed_origins = vec!["https://chat.example.com".to_owned()]).await;
     let url = cluster.im.prev_connect_server(1, None).await.unwrap();
-    assert_eq!(connect_from(&url, "https://evil.example.com").await.err(), Some(403));
+    assert_eq!(Ws::connect_from(&url, "https://evil.example.com").await.err(), Some(403));
     // The refused attempt did not use the token up.
-    assert!(connect_from(&url, "https://chat.example.com").await.is_ok());
+    assert!(Ws::connect_from(&url, "https://chat.example.com").await.is_ok());
     // Non-browser clients send no Origin and pass.
     let _plain = cluster.connect(2).await;
     cluster.shutdown().await;

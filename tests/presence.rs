@@ -3,22 +3,12 @@
 
 mod common;
 use common::*;
+use freeim::PresenceEvent;
 use freeim::protocol::TokenValue;
-use freeim::{EventStream, PresenceEvent};
-use futures_util::StreamExt;
 
-async fn next_event(events: &mut EventStream) -> PresenceEvent {
-    tokio::time::timeout(WAIT, events.next()).await.expect("a presence event").unwrap()
-}
-
+/// The token value of [`Cluster::connect`]'s sockets for client `id`.
 fn token(id: i64) -> TokenValue {
     TokenValue { client_id: id, meta: Some("meta".to_owned()) }
-}
-
-async fn live_events(cluster: &Cluster) -> EventStream {
-    let events = cluster.im.event_bus();
-    eventually(|| async { events.is_live() }).await;
-    events
 }
 
 both!(online_counts_every_socket, |kind| async move {
@@ -27,15 +17,15 @@ both!(online_counts_every_socket, |kind| async move {
     let b = cluster.connect(7).await;
     let c = cluster.connect(7).await;
     let other = cluster.connect(8).await;
-    eventually(|| async { cluster.online().await == pairs(&[("7", "3"), ("8", "1")]) }).await;
+    eventually(None, || async { cluster.online().await == pairs(&[("7", "3"), ("8", "1")]) }).await;
     assert_eq!(cluster.im.get_client_list_by_online().await.unwrap().len(), 2);
     a.close().await;
-    eventually(|| async { cluster.online().await == pairs(&[("7", "2"), ("8", "1")]) }).await;
+    eventually(None, || async { cluster.online().await == pairs(&[("7", "2"), ("8", "1")]) }).await;
     b.close().await;
     other.close().await;
-    eventually(|| async { cluster.online().await == pairs(&[("7", "1")]) }).await;
+    eventually(None, || async { cluster.online().await == pairs(&[("7", "1")]) }).await;
     c.close().await;
-    eventually(|| async { cluster.online().await.is_empty() }).await;
+    eventually(None, || async { cluster.online().await.is_empty() }).await;
     assert!(!cluster.im.has_online(7).await.unwrap());
     cluster.shutdown().await;
 });
@@ -45,7 +35,7 @@ both!(each_socket_publishes_online_and_offline_events, |kind| async move {
     let keys = cluster.im.keys();
     let mut raw = cluster.backend().subscribe(vec![keys.event_online().to_owned(), keys.event_offline().to_owned()]);
     assert!(raw.ready().await, "subscribed");
-    let mut events = live_events(&cluster).await;
+    let mut events = live_event_bus(&cluster.im).await;
     let a = cluster.connect(9).await;
     let b = cluster.connect(9).await;
     assert_eq!(next_event(&mut events).await, PresenceEvent::Online(token(9)));
@@ -56,8 +46,8 @@ both!(each_socket_publishes_online_and_offline_events, |kind| async move {
     assert_eq!(next_event(&mut events).await, PresenceEvent::Offline(token(9)));
     // The exact payloads: the token value as the business side stored it.
     for channel in [keys.event_online(), keys.event_online(), keys.event_offline(), keys.event_offline()] {
-        let message = tokio::time::timeout(WAIT, raw.recv()).await.unwrap().unwrap();
-        assert_eq!((message.channel.as_str(), &message.payload[..]), (channel, &br#"{"Item1":9,"Item2":"meta"}"#[..]));
+        let (channel, payload) = (channel.to_owned(), r#"{"Item1":9,"Item2":"meta"}"#.to_owned());
+        assert_eq!(next_publish(&mut raw).await, (channel, payload));
     }
     cluster.shutdown().await;
 });
@@ -65,7 +55,7 @@ both!(each_socket_publishes_online_and_offline_events, |kind| async move {
 both!(channels_are_left_when_the_last_socket_closes, |kind| async move {
     let cluster = Cluster::start(kind, 1).await;
     let keys = cluster.im.keys();
-    let mut events = live_events(&cluster).await;
+    let mut events = live_event_bus(&cluster.im).await;
     let first = cluster.connect(4).await;
     let second = cluster.connect(4).await;
     let member = cluster.connect(5).await;
@@ -99,14 +89,13 @@ both!(channels_are_left_when_the_last_socket_closes, |kind| async move {
     assert_eq!(state().await, (pairs(&[("5", "0")]), vec![], vec![], pairs(&[("a", "1")])));
     assert_eq!(cluster.online().await, pairs(&[("5", "1")]));
     assert_eq!(cluster.hash(&keys.client(5)).await, pairs(&[("a", "0")]));
-    drop(member); // closed by the client: no close linger at shutdown
-    cluster.shutdown().await;
+    cluster.shutdown_after(member).await;
 });
 
 both!(force_offline_closes_every_socket_of_the_client, |kind| async move {
     let cluster = Cluster::start(kind, 3).await;
     let keys = cluster.im.keys();
-    let mut events = live_events(&cluster).await;
+    let mut events = live_event_bus(&cluster.im).await;
     let mut a = cluster.connect(6).await;
     let mut b = cluster.connect(6).await;
     let mut bystander = cluster.connect(3).await; // same node as 6
@@ -131,30 +120,20 @@ both!(force_offline_closes_every_socket_of_the_client, |kind| async move {
     cluster.im.force_offline(99).await.unwrap();
     bystander.expect_silence().await;
     assert_eq!(cluster.online().await, pairs(&[("3", "1")]));
-    drop((a, b, bystander)); // closed by the client: no close linger at shutdown
-    cluster.shutdown().await;
+    cluster.shutdown_after((a, b, bystander)).await;
 });
 
 // A force offline after a message in the same batch: the message first, then the close.
 both!(force_offline_comes_after_the_messages_before_it, |kind| async move {
-    use freeim::backend::Op;
-    use freeim::protocol::{DirectMessage, NodeCommand, to_json};
+    use freeim::protocol::NodeCommand;
     let cluster = Cluster::start(kind, 1).await;
     let mut ws = cluster.connect(6).await;
-    let channel = cluster.im.keys().server(&cluster.servers[0]);
-    let publish = |command: NodeCommand| Op::Publish { channel: channel.clone(), payload: command.encode().into() };
-    let last = |i: usize| DirectMessage { sender: 0, receivers: vec![6], content: to_json(&i), receipt: false };
-    let ops = vec![
-        publish(NodeCommand::Direct(last(1))),
-        publish(NodeCommand::Direct(last(2))),
-        publish(NodeCommand::ForceOffline(6)),
-        publish(NodeCommand::Direct(last(3))),
-    ];
-    cluster.backend().execute(ops).await.unwrap();
+    let commands = [system_message(6, &1), system_message(6, &2), NodeCommand::ForceOffline(6), system_message(6, &3)];
+    cluster.publish(0, commands.iter().map(NodeCommand::encode)).await;
     assert_eq!(ws.recv_text().await, "1");
     assert_eq!(ws.recv_text().await, "2");
     assert_eq!(ws.expect_close().await, (1001, "disconnect".to_owned()));
-    eventually(|| async { cluster.online().await.is_empty() }).await;
+    eventually(None, || async { cluster.online().await.is_empty() }).await;
     cluster.shutdown().await;
 });
 
@@ -163,7 +142,7 @@ both!(force_offline_comes_after_the_messages_before_it, |kind| async move {
 both!(the_last_socket_on_any_node_leaves_the_channels, |kind| async move {
     let cluster = Cluster::start(kind, 2).await;
     let keys = cluster.im.keys();
-    let mut events = live_events(&cluster).await;
+    let mut events = live_event_bus(&cluster.im).await;
     let home = cluster.connect(3).await; // node 1
     let url = cluster.url(3).await.replace(&cluster.servers[1], &cluster.servers[0]);
     let away = Ws::connect(&url).await.expect("a socket on node 0");

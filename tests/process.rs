@@ -3,11 +3,10 @@
 mod common;
 use common::*;
 use freeim::{ImClient, ImClientOptions, PresenceEvent};
-use futures_util::StreamExt;
 
 /// Asserts a failed start: non-zero exit, and exactly one line on stderr containing `needle`.
 fn assert_one_line_error(args: &[&str], envs: &[(&str, &str)], needle: &str) {
-    let (code, stderr) = run_freeim(args, envs);
+    let Finished { code, stderr, .. } = run(args, envs, WAIT);
     assert!(code.is_some_and(|c| c != 0), "{args:?}: exit {code:?}, stderr {stderr:?}");
     assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr:?}");
     assert!(stderr.contains(needle), "{args:?}: {stderr:?} does not name {needle}");
@@ -15,8 +14,7 @@ fn assert_one_line_error(args: &[&str], envs: &[(&str, &str)], needle: &str) {
 
 #[test]
 fn bad_settings_exit_non_zero_with_one_line_naming_the_flag() {
-    let a = format!("127.0.0.1:{}", free_port());
-    let b = format!("127.0.0.1:{}", free_port());
+    let (a, b) = (free_addr(), free_addr());
     let redis = "redis://127.0.0.1:1/0";
     let dir = std::env::temp_dir().join(format!("freeim-process-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -67,8 +65,8 @@ fn bad_settings_exit_non_zero_with_one_line_naming_the_flag() {
 fn a_taken_listen_address_is_one_line_naming_the_flag_and_the_os_error_once() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let (code, stderr) =
-        run_freeim(&["server", "--redis", "redis://127.0.0.1:1/0", "--server", &addr, "--servers", &addr], &[]);
+    let args = ["server", "--redis", "redis://127.0.0.1:1/0", "--server", &addr, "--servers", &addr];
+    let Finished { code, stderr, .. } = run(&args, &[], WAIT);
     assert_eq!(code, Some(2), "{stderr}");
     assert_eq!(
         stderr.trim_end(),
@@ -81,19 +79,18 @@ fn a_taken_listen_address_is_one_line_naming_the_flag_and_the_os_error_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_serves_and_stops_cleanly_on_sigterm() {
     let redis = RedisServer::start();
-    let (a, b) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
+    let (a, b) = (free_addr(), free_addr());
     let servers = format!("{a},{b}");
     let args = ["server", "--redis", &redis.url(), "--server", &a, "--servers", &servers];
-    let mut process = ServerProcess::start(&args, &[], a.parse().unwrap()).await;
+    let mut process = FreeimProcess::start(&args, &[], &a, 200).await;
     let im = ImClient::connect(&redis.url(), ImClientOptions::new([a.clone(), b.clone()])).unwrap();
-    let mut events = im.event_bus();
-    eventually(|| async { events.is_live() }).await;
+    let mut events = live_event_bus(&im).await;
     // Ids 2 and 4 belong to node a (the process); 4 has two sockets.
     let mut sockets = Vec::new();
     for id in [2, 4, 4] {
         sockets.push(Ws::connect(&im.prev_connect_server(id, Some("m")).await.unwrap()).await.unwrap());
     }
-    eventually(|| async { redis.hash("im_v2_wsOnline") == pairs(&[("2", "1"), ("4", "2")]) }).await;
+    eventually(None, || async { redis.hash("im_v2_wsOnline") == pairs(&[("2", "1"), ("4", "2")]) }).await;
     im.join_chan(2, &["room"]).await.unwrap();
     im.join_chan(4, &["room", "x"]).await.unwrap();
     im.send_chan_message(0, "room", "hello").await.unwrap();
@@ -101,7 +98,7 @@ async fn server_serves_and_stops_cleanly_on_sigterm() {
         assert_eq!(ws.recv_text().await, "\"hello\"");
     }
     for _ in 0..3 {
-        assert!(matches!(tokio::time::timeout(WAIT, events.next()).await.unwrap(), Some(PresenceEvent::Online(_))));
+        assert!(matches!(next_event(&mut events).await, PresenceEvent::Online(_)));
     }
 
     process.terminate();
@@ -116,8 +113,8 @@ async fn server_serves_and_stops_cleanly_on_sigterm() {
     }
     let mut offline = Vec::new();
     for _ in 0..3 {
-        match tokio::time::timeout(WAIT, events.next()).await.unwrap() {
-            Some(PresenceEvent::Offline(value)) => offline.push(value.client_id),
+        match next_event(&mut events).await {
+            PresenceEvent::Offline(value) => offline.push(value.client_id),
             other => panic!("expected an offline event, got {other:?}"),
         }
     }
@@ -128,7 +125,7 @@ async fn server_serves_and_stops_cleanly_on_sigterm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settings_from_environment_variables_and_a_config_file() {
     let redis = RedisServer::start();
-    let a = format!("127.0.0.1:{}", free_port());
+    let a = free_addr();
     let envs = [
         ("FREEIM_REDIS", redis.url()),
         ("FREEIM_SERVER", a.clone()),
@@ -138,20 +135,20 @@ async fn settings_from_environment_variables_and_a_config_file() {
     ];
     let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
     // A flag wins over its variable.
-    let process = ServerProcess::start(&["server", "--max-queue-bytes", "65536"], &envs, a.parse().unwrap()).await;
+    let process = FreeimProcess::start(&["server", "--max-queue-bytes", "65536"], &envs, &a, 200).await;
     let options = ImClientOptions { path: "/chat".to_owned(), ..ImClientOptions::new([a.clone()]) };
     let im = ImClient::connect(&redis.url(), options).unwrap();
     let url = im.prev_connect_server(5, None).await.unwrap();
     assert!(url.contains("/chat?token="), "{url}");
     let mut ws = Ws::connect(&url).await.expect("upgrade on FREEIM_PATH");
-    eventually(|| async { redis.hash("im_v2_chatOnline") == pairs(&[("5", "1")]) }).await;
+    eventually(None, || async { redis.hash("im_v2_chatOnline") == pairs(&[("5", "1")]) }).await;
     im.send_message(0, &[5], "env", false).await.unwrap();
     assert_eq!(ws.recv_text().await, "\"env\"");
-    assert_eq!(http_status(process.addr, "/ws").await, 404);
+    assert_eq!(http(&a, &get("/ws")).await.status, 404);
     drop(process);
 
     // The same from a --config file; a flag wins over the file.
-    let b = format!("127.0.0.1:{}", free_port());
+    let b = free_addr();
     let file = std::env::temp_dir().join(format!("freeim-config-{}-{}.toml", std::process::id(), free_port()));
     std::fs::write(
         &file,
@@ -161,18 +158,14 @@ async fn settings_from_environment_variables_and_a_config_file() {
         ),
     )
     .unwrap();
-    let process = ServerProcess::start(
-        &["server", "--config", file.to_str().unwrap(), "--path", "/flag"],
-        &[],
-        b.parse().unwrap(),
-    )
-    .await;
+    let args = ["server", "--config", file.to_str().unwrap(), "--path", "/flag"];
+    let _process = FreeimProcess::start(&args, &[], &b, 200).await;
     let options = ImClientOptions { path: "/flag".to_owned(), ..ImClientOptions::new([b.clone()]) };
     let im = ImClient::connect(&redis.url(), options).unwrap();
     let url = im.prev_connect_server(6, None).await.unwrap();
     let _first = Ws::connect(&url).await.expect("upgrade on the --path flag");
     let _again = Ws::connect(&url).await.expect("allow-token-reuse from the file");
-    assert_eq!(http_status(process.addr, "/file").await, 404);
+    assert_eq!(http(&b, &get("/file")).await.status, 404);
     let _ = std::fs::remove_file(&file);
 }
 
@@ -181,14 +174,14 @@ async fn settings_from_environment_variables_and_a_config_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_redis_down_still_exits() {
     let mut redis = RedisServer::start();
-    let a = format!("127.0.0.1:{}", free_port());
+    let a = free_addr();
     let args = ["server", "--redis", &redis.url(), "--server", &a, "--servers", &a, "--drain-timeout", "3"];
-    let mut process = ServerProcess::start(&args, &[], a.parse().unwrap()).await;
+    let mut process = FreeimProcess::start(&args, &[], &a, 200).await;
     let im = ImClient::connect(&redis.url(), ImClientOptions::new([a.clone()])).unwrap();
     let mut ws = Ws::connect(&im.prev_connect_server(1, None).await.unwrap()).await.unwrap();
-    eventually(|| async { redis.hash("im_v2_wsOnline") == pairs(&[("1", "1")]) }).await;
+    eventually(None, || async { redis.hash("im_v2_wsOnline") == pairs(&[("1", "1")]) }).await;
     redis.kill();
-    wait_health(process.addr, 503).await;
+    wait_health(&a, 503).await;
     process.terminate();
     assert_eq!(ws.expect_close().await, (1001, "shutdown".to_owned()));
     let code = process.wait_exit(WAIT * 2).await;
@@ -201,14 +194,14 @@ async fn sigterm_with_redis_down_still_exits() {
 async fn a_node_started_before_redis_serves_once_redis_is_up() {
     let mut redis = RedisServer::start();
     redis.kill();
-    let a = format!("127.0.0.1:{}", free_port());
+    let a = free_addr();
     let args = ["server", "--redis", &redis.url(), "--server", &a, "--servers", &a];
-    let process = ServerProcess::start_expecting(&args, &[], a.parse().unwrap(), 503).await;
-    redis.restart();
-    wait_health(process.addr, 200).await;
+    let _process = FreeimProcess::start(&args, &[], &a, 503).await;
+    redis.restart(None);
+    wait_health(&a, 200).await;
     let im = ImClient::connect(&redis.url(), ImClientOptions::new([a.clone()])).unwrap();
     let mut ws = Ws::connect(&im.prev_connect_server(1, None).await.unwrap()).await.expect("upgrade");
-    eventually(|| async { redis.hash("im_v2_wsOnline") == pairs(&[("1", "1")]) }).await;
+    eventually(None, || async { redis.hash("im_v2_wsOnline") == pairs(&[("1", "1")]) }).await;
     im.send_message(0, &[1], "late redis", false).await.unwrap();
     assert_eq!(ws.recv_text().await, "\"late redis\"");
 }

@@ -3,16 +3,10 @@
 
 mod common;
 use common::*;
-use freeim::backend::Subscription;
 
+/// The text frame of a receipt for `content` with `status`.
 fn receipt(content: &str, status: &str) -> String {
     format!(r#"{{"content":{},"receipt":"{status}"}}"#, serde_json::to_string(content).unwrap())
-}
-
-/// The next payload published on a subscription, as text.
-async fn next_payload(subscription: &mut Subscription) -> String {
-    let message = tokio::time::timeout(WAIT, subscription.recv()).await.expect("a publish").unwrap();
-    String::from_utf8(message.payload.to_vec()).unwrap()
 }
 
 both!(delivered_receipt_across_nodes, |kind| async move {
@@ -24,8 +18,7 @@ both!(delivered_receipt_across_nodes, |kind| async move {
     assert_eq!(sender.recv_text().await, r#"{"content":"\"hi\"","receipt":"发送成功"}"#);
     sender.expect_silence().await;
     receiver.expect_silence().await;
-    drop((sender, receiver)); // closed by the client: no close linger at shutdown
-    cluster.shutdown().await;
+    cluster.shutdown_after((sender, receiver)).await;
 });
 
 both!(receipt_is_published_to_the_senders_node_as_freeim_does, |kind| async move {
@@ -35,15 +28,14 @@ both!(receipt_is_published_to_the_senders_node_as_freeim_does, |kind| async move
     let receiver = cluster.connect(2).await;
     cluster.im.send_message(4, &[2, 5], "hi", true).await.unwrap();
     // Receipts go from each receiver to sender 4 (node 1), receipt off; 2 is online, 5 is not.
-    let mut got = vec![next_payload(&mut watch).await, next_payload(&mut watch).await];
+    let mut got = vec![next_publish(&mut watch).await.1, next_publish(&mut watch).await.1];
     got.sort();
     let want = [
         r#"{"Item1":2,"Item2":[4],"Item3":"{\"content\":\"\\\"hi\\\"\",\"receipt\":\"发送成功\"}","Item4":false}"#,
         r#"{"Item1":5,"Item2":[4],"Item3":"{\"content\":\"\\\"hi\\\"\",\"receipt\":\"用户不在线\"}","Item4":false}"#,
     ];
     assert_eq!(got, want);
-    drop(receiver); // closed by the client: no close linger at shutdown
-    cluster.shutdown().await;
+    cluster.shutdown_after(receiver).await;
 });
 
 both!(offline_receipt_when_the_receiver_has_no_socket, |kind| async move {
@@ -53,8 +45,7 @@ both!(offline_receipt_when_the_receiver_has_no_socket, |kind| async move {
     cluster.im.send_message(1, &[5], &message, true).await.unwrap();
     assert_eq!(sender.recv_text().await, receipt(r#"{"text":"anyone?"}"#, "用户不在线"));
     sender.expect_silence().await;
-    drop(sender); // closed by the client: no close linger at shutdown
-    cluster.shutdown().await;
+    cluster.shutdown_after(sender).await;
 });
 
 both!(one_receipt_per_receiver, |kind| async move {
@@ -71,20 +62,7 @@ both!(one_receipt_per_receiver, |kind| async move {
     want.sort();
     assert_eq!(got, want);
     sender.expect_silence().await;
-    drop((sender, a, b)); // closed by the client: no close linger at shutdown
-    cluster.shutdown().await;
-});
-
-both!(no_receipt_from_the_system, |kind| async move {
-    let cluster = Cluster::start(kind, 1).await;
-    // Client 0 is connected: a receipt "to the system" would reach this socket.
-    let mut system = cluster.connect(0).await;
-    let mut receiver = cluster.connect(2).await;
-    cluster.im.send_message(0, &[2, 5], "sys", true).await.unwrap();
-    assert_eq!(receiver.recv_text().await, "\"sys\"");
-    system.expect_silence().await;
-    drop((system, receiver)); // closed by the client: no close linger at shutdown
-    cluster.shutdown().await;
+    cluster.shutdown_after((sender, a, b)).await;
 });
 
 both!(no_receipt_to_oneself, |kind| async move {
@@ -96,17 +74,21 @@ both!(no_receipt_to_oneself, |kind| async move {
     assert_eq!(b.recv_text().await, "\"me\"");
     a.expect_silence().await;
     b.expect_silence().await;
-    drop((a, b)); // closed by the client: no close linger at shutdown
-    cluster.shutdown().await;
+    cluster.shutdown_after((a, b)).await;
 });
 
-both!(no_receipt_unless_asked, |kind| async move {
-    let cluster = Cluster::start(kind, 1).await;
-    let mut sender = cluster.connect(1).await;
-    let mut receiver = cluster.connect(2).await;
-    cluster.im.send_message(1, &[2, 5], "quiet", false).await.unwrap();
-    assert_eq!(receiver.recv_text().await, "\"quiet\"");
-    sender.expect_silence().await;
-    drop((sender, receiver)); // closed by the client: no close linger at shutdown
-    cluster.shutdown().await;
+// No receipt when the system (client 0) sends, nor unless the sender asks for one. The
+// quiet socket is the sender's, where a receipt would arrive (for the system too).
+both!(no_receipt_from_the_system_or_unless_asked, |kind| async move {
+    // (sender, receipt asked, message)
+    let cases = [(0, true, "sys"), (1, false, "quiet")];
+    for (sender, asked, message) in cases {
+        let cluster = Cluster::start(kind, 1).await;
+        let mut quiet = cluster.connect(sender).await;
+        let mut receiver = cluster.connect(2).await;
+        cluster.im.send_message(sender, &[2, 5], message, asked).await.unwrap();
+        assert_eq!(receiver.recv_text().await, format!("\"{message}\""), "sender {sender}");
+        quiet.expect_silence().await;
+        cluster.shutdown_after((quiet, receiver)).await;
+    }
 });

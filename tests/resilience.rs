@@ -2,7 +2,6 @@
 
 mod common;
 use common::*;
-use freeim::backend::Op;
 use std::time::Duration;
 
 /// Sends until the business side's Redis connection has recovered (a send issued while
@@ -15,16 +14,6 @@ async fn send_when_redis_is_back(cluster: &Cluster, receivers: &[i64], message: 
     }
 }
 
-/// A hash read with a fresh connection, or empty while Redis cannot be reached.
-fn redis_hash(cluster: &Cluster, key: &str) -> Vec<(String, String)> {
-    let Ok(mut conn) = redis::Client::open(cluster.redis().url()).and_then(|c| c.get_connection()) else {
-        return Vec::new();
-    };
-    let mut pairs: Vec<(String, String)> = redis::cmd("HGETALL").arg(key).query(&mut conn).unwrap_or_default();
-    pairs.sort();
-    pairs
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restart_mid_traffic_is_survived() {
     let mut cluster = Cluster::start(Kind::Redis, 2).await;
@@ -35,7 +24,7 @@ async fn redis_restart_mid_traffic_is_survived() {
         cluster.im.send_message(0, &[2, 3], &i, false).await.unwrap();
     }
     let url = cluster.url(6).await;
-    cluster.redis.as_mut().unwrap().kill();
+    cluster.redis_mut().kill();
     for i in 0..20 {
         assert_eq!(a.recv_text().await, i.to_string());
         assert_eq!(b.recv_text().await, i.to_string());
@@ -47,14 +36,14 @@ async fn redis_restart_mid_traffic_is_survived() {
     assert!(cluster.im.send_message(0, &[2], "lost", false).await.is_err());
     assert_eq!(Ws::connect(&url).await.err(), Some(503));
     gone.close().await;
-    eventually(|| async { cluster.nodes[1].connections() == 1 }).await;
-    cluster.redis.as_mut().unwrap().restart();
+    eventually(None, || async { cluster.nodes[1].connections() == 1 }).await;
+    cluster.redis_mut().restart(None);
     for node in 0..2 {
         wait_health(cluster.addr(node), 200).await;
     }
     // Redis came back empty: each node records its live sockets again (and only those).
-    let restored = || async { redis_hash(&cluster, "im_v2_wsOnline") == pairs(&[("2", "1"), ("3", "1")]) };
-    eventually_within(RECOVERY, restored).await;
+    let restored = || async { cluster.redis().hash_if_up("im_v2_wsOnline") == pairs(&[("2", "1"), ("3", "1")]) };
+    eventually(Some(RECOVERY), restored).await;
     send_when_redis_is_back(&cluster, &[2, 3], "after").await;
     assert_eq!(a.recv_text().await, "\"after\"");
     assert_eq!(b.recv_text().await, "\"after\"");
@@ -65,14 +54,12 @@ async fn redis_restart_mid_traffic_is_survived() {
     assert_eq!(a.recv_text().await, "\"new\"");
     a.expect_silence().await;
     b.expect_silence().await;
-    drop((a, b, c)); // closed by the client: no close linger at shutdown
-    cluster.shutdown().await;
+    cluster.shutdown_after((a, b, c)).await;
 }
 
 both!(garbage_on_the_node_channel_is_dropped, |kind| async move {
     let cluster = Cluster::start(kind, 1).await;
     let mut ws = cluster.connect(1).await;
-    let channel = cluster.im.keys().server(&cluster.servers[0]);
     let garbage: Vec<&[u8]> = vec![
         b"",
         b"not json",
@@ -86,28 +73,19 @@ both!(garbage_on_the_node_channel_is_dropped, |kind| async move {
         b"{\"Item1\":1,\"Item2\":[1],\"Item3\":5,\"Item4\":false}",
     ];
     for payload in &garbage {
-        let op = Op::Publish { channel: channel.clone(), payload: payload.to_vec().into() };
-        cluster.backend().execute(vec![op]).await.unwrap();
+        cluster.publish(0, [payload.to_vec()]).await;
     }
     // Garbage in the same batch as valid messages drops only itself.
-    let mut ops: Vec<Op> =
-        garbage.iter().map(|p| Op::Publish { channel: channel.clone(), payload: p.to_vec().into() }).collect();
-    ops.insert(
-        3,
-        Op::Publish {
-            channel: channel.clone(),
-            payload: r#"{"Item1":0,"Item2":[1],"Item3":"\"in batch\"","Item4":false}"#.into(),
-        },
-    );
-    cluster.backend().execute(ops).await.unwrap();
+    let mut batch: Vec<Vec<u8>> = garbage.iter().map(|p| p.to_vec()).collect();
+    batch.insert(3, br#"{"Item1":0,"Item2":[1],"Item3":"\"in batch\"","Item4":false}"#.to_vec());
+    cluster.publish(0, batch).await;
     assert_eq!(ws.recv_text().await, "\"in batch\"");
     cluster.im.send_message(0, &[1], "valid", false).await.unwrap();
     assert_eq!(ws.recv_text().await, "\"valid\"");
     ws.expect_silence().await;
     assert_eq!(cluster.online().await, pairs(&[("1", "1")]));
-    assert_eq!(http_status(cluster.addr(0), "/healthz").await, 200);
-    drop(ws); // closed by the client: no close linger at shutdown
-    cluster.shutdown().await;
+    assert_eq!(http(cluster.addr(0), &get("/healthz")).await.status, 200);
+    cluster.shutdown_after(ws).await;
 });
 
 // Redis comes back with its data (persistence): a socket that closed while Redis was down
@@ -118,31 +96,30 @@ async fn a_socket_closed_while_redis_was_down_is_not_a_ghost() {
     let dir = std::env::temp_dir().join(format!("freeim-redis-{}-{}", std::process::id(), cluster.redis().port));
     std::fs::create_dir_all(&dir).unwrap();
     // The same Redis, now persistent.
-    cluster.redis.as_mut().unwrap().kill();
-    cluster.redis.as_mut().unwrap().restart_from(&dir);
+    cluster.redis_mut().kill();
+    cluster.redis_mut().restart(Some(dir.as_path()));
     wait_health(cluster.addr(0), 200).await;
-    eventually_within(RECOVERY, || async { cluster.im.has_online(1).await.is_ok() }).await;
+    eventually(Some(RECOVERY), || async { cluster.im.has_online(1).await.is_ok() }).await;
     let mut stays = cluster.connect(2).await;
     let leaves = cluster.connect(3).await;
     cluster.im.join_chan(3, &["room"]).await.unwrap();
-    assert_eq!(redis_hash(&cluster, "im_v2_wsOnline"), pairs(&[("2", "1"), ("3", "1")]));
-    cluster.redis.as_mut().unwrap().kill();
+    assert_eq!(cluster.redis().hash_if_up("im_v2_wsOnline"), pairs(&[("2", "1"), ("3", "1")]));
+    cluster.redis_mut().kill();
     wait_health(cluster.addr(0), 503).await;
     leaves.close().await;
-    eventually(|| async { cluster.nodes[0].connections() == 1 }).await;
-    cluster.redis.as_mut().unwrap().restart_from(&dir);
+    eventually(None, || async { cluster.nodes[0].connections() == 1 }).await;
+    cluster.redis_mut().restart(Some(dir.as_path()));
     wait_health(cluster.addr(0), 200).await;
     let clean = || async {
-        redis_hash(&cluster, "im_v2_wsOnline") == pairs(&[("2", "1")])
-            && redis_hash(&cluster, "im_v2_wsChanroom").is_empty()
-            && redis_hash(&cluster, "im_v2_wsListChan").is_empty()
+        cluster.redis().hash_if_up("im_v2_wsOnline") == pairs(&[("2", "1")])
+            && cluster.redis().hash_if_up("im_v2_wsChanroom").is_empty()
+            && cluster.redis().hash_if_up("im_v2_wsListChan").is_empty()
     };
-    eventually_within(RECOVERY, clean).await;
+    eventually(Some(RECOVERY), clean).await;
     send_when_redis_is_back(&cluster, &[2], "after").await;
     assert_eq!(stays.recv_text().await, "\"after\"");
     let _ = std::fs::remove_dir_all(&dir);
-    drop(stays); // closed by the client: no close linger at shutdown
-    cluster.shutdown().await;
+    cluster.shutdown_after(stays).await;
 }
 
 // Redis drops the node's subscription (CLIENT KILL TYPE pubsub): the node subscribes again
@@ -159,13 +136,12 @@ async fn a_dropped_subscription_is_re_established() {
     assert_eq!(subscribers(), 1);
     let killed: i64 = cluster.redis().cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]);
     assert!(killed >= 1);
-    eventually_within(RECOVERY, || async { subscribers() == 1 }).await;
+    eventually(Some(RECOVERY), || async { subscribers() == 1 }).await;
     wait_health(cluster.addr(1), 200).await;
     cluster.im.send_message(0, &[3], "again", false).await.unwrap();
     assert_eq!(ws.recv_text().await, "\"again\"");
-    assert_eq!(redis_hash(&cluster, "im_v2_wsOnline"), pairs(&[("3", "1")]));
-    drop(ws); // closed by the client: no close linger at shutdown
-    cluster.shutdown().await;
+    assert_eq!(cluster.redis().hash_if_up("im_v2_wsOnline"), pairs(&[("3", "1")]));
+    cluster.shutdown_after(ws).await;
 }
 
 /// A Redis that stops answering without closing its connections (a frozen host, a dropped
@@ -178,12 +154,11 @@ async fn a_silent_redis_is_noticed_by_the_subscription_probe() {
     wait_health(cluster.addr(0), 200).await;
     cluster.redis().pause();
     // Probe after 5 s of silence, dead after 5 s more, then reconnect attempts time out.
-    eventually_within(Duration::from_secs(20), || async { http_status(cluster.addr(0), "/healthz").await == 503 })
-        .await;
+    let frozen = || async { http(cluster.addr(0), &get("/healthz")).await.status == 503 };
+    eventually(Some(Duration::from_secs(20)), frozen).await;
     cluster.redis().resume();
     wait_health(cluster.addr(0), 200).await;
     send_when_redis_is_back(&cluster, &[3], "after the freeze").await;
     assert_eq!(ws.recv_text().await, "\"after the freeze\"");
-    drop(ws); // closed by the client: no close linger at shutdown
-    cluster.shutdown().await;
+    cluster.shutdown_after(ws).await;
 }

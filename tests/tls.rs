@@ -2,27 +2,14 @@
 
 mod common;
 use common::*;
-use futures_util::StreamExt;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use std::process::Command;
 use std::sync::Arc;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 
-type Wss = WebSocketStream<TlsStream<tokio::net::TcpStream>>;
-
-/// The next message that is not a ping or pong.
-async fn next(ws: &mut Wss) -> Message {
-    loop {
-        match tokio::time::timeout(WAIT, ws.next()).await.expect("a message in time") {
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            Some(Ok(message)) => return message,
-            other => panic!("socket ended: {other:?}"),
-        }
-    }
-}
+/// A WebSocket client over TLS.
+type Wss = Ws<TlsStream<tokio::net::TcpStream>>;
 
 /// A self-signed certificate for `localhost`, as DER, and its PEM files in a temp dir.
 struct TestCert {
@@ -31,6 +18,7 @@ struct TestCert {
     dir: std::path::PathBuf,
 }
 
+/// Issues a [`TestCert`] and writes its PEM files.
 fn test_cert() -> TestCert {
     let issued = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let dir = std::env::temp_dir().join(format!("freeim-tls-{}-{}", std::process::id(), free_port()));
@@ -41,6 +29,7 @@ fn test_cert() -> TestCert {
     TestCert { der: issued.cert.der().clone(), key, dir }
 }
 
+/// A server configuration that presents `cert`.
 fn server_config(cert: &TestCert) -> Arc<rustls::ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
@@ -62,48 +51,50 @@ async fn connect_wss(ws_url: &str, cert: &TestCert) -> Wss {
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let rest = ws_url.strip_prefix("ws://").unwrap();
-    let addr = &rest[..rest.find('/').unwrap()];
+    let (addr, target) = split_url(ws_url);
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let name = ServerName::try_from("localhost").unwrap();
     let tls = TlsConnector::from(Arc::new(client)).connect(name, tcp).await.unwrap();
-    let url = format!("wss://localhost{}", &rest[rest.find('/').unwrap()..]);
-    tokio_tungstenite::client_async(url, tls).await.unwrap().0
+    Ws::handshake(&format!("wss://localhost{target}"), tls).await
+}
+
+/// A certificate and a one-node cluster (in-process broker) that serves only TLS with it.
+async fn tls_cluster() -> (TestCert, Cluster) {
+    let cert = test_cert();
+    let config = server_config(&cert);
+    let cluster = Cluster::start_with(Kind::Memory, 1, |c| c.tls = Some(config.clone())).await;
+    (cert, cluster)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_and_closes_travel_over_wss() {
-    let cert = test_cert();
-    let config = server_config(&cert);
-    let cluster = Cluster::start_with(Kind::Memory, 1, |c| c.tls = Some(config.clone())).await;
+    let (cert, cluster) = tls_cluster().await;
     let url = cluster.im.prev_connect_server(5, None).await.unwrap();
     let mut ws = connect_wss(&url, &cert).await;
-    eventually(|| async { cluster.im.has_online(5).await.unwrap() }).await;
+    eventually(None, || async { cluster.im.has_online(5).await.unwrap() }).await;
     let big = "x".repeat(100_000); // many TLS records
     cluster.im.send_message(0, &[5], "hello", false).await.unwrap();
     cluster.im.send_message(0, &[5], &big, false).await.unwrap();
-    assert_eq!(next(&mut ws).await, Message::text("\"hello\""));
-    assert_eq!(next(&mut ws).await, Message::text(format!("\"{big}\"")));
+    assert_eq!(ws.next_frame().await, Message::text("\"hello\""));
+    assert_eq!(ws.next_frame().await, Message::text(format!("\"{big}\"")));
     cluster.im.force_offline(5).await.unwrap();
-    match next(&mut ws).await {
+    match ws.next_frame().await {
         Message::Close(Some(frame)) => assert_eq!((u16::from(frame.code), frame.reason.as_str()), (1001, "disconnect")),
         other => panic!("expected close, got {other:?}"),
     }
-    eventually(|| async { !cluster.im.has_online(5).await.unwrap() }).await;
+    eventually(None, || async { !cluster.im.has_online(5).await.unwrap() }).await;
     cluster.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_http_to_a_tls_node_is_refused_without_harm() {
-    let cert = test_cert();
-    let config = server_config(&cert);
-    let cluster = Cluster::start_with(Kind::Memory, 1, |c| c.tls = Some(config.clone())).await;
+    let (cert, cluster) = tls_cluster().await;
     let url = cluster.im.prev_connect_server(1, None).await.unwrap();
     // A plain ws:// client cannot complete the handshake; the node goes on serving TLS.
     assert!(tokio_tungstenite::connect_async(&url).await.is_err());
     let mut ws = connect_wss(&cluster.im.prev_connect_server(1, None).await.unwrap(), &cert).await;
     cluster.im.send_message(0, &[1], "ok", false).await.unwrap();
-    assert_eq!(next(&mut ws).await, Message::text("\"ok\""));
+    assert_eq!(ws.next_frame().await, Message::text("\"ok\""));
     cluster.shutdown().await;
 }
 
@@ -119,14 +110,13 @@ fn tls_flags_are_validated_with_one_line_errors() {
         (vec![cert_pem.as_os_str(), missing.as_os_str()], "error: --tls-key: "),
     ];
     for (files, want) in cases {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_freeim"));
-        cmd.args(base).arg("--tls-cert").arg(files[0]);
+        let mut args: Vec<&std::ffi::OsStr> = base.iter().map(std::ffi::OsStr::new).collect();
+        args.extend([std::ffi::OsStr::new("--tls-cert"), files[0]]);
         if let Some(key) = files.get(1) {
-            cmd.arg("--tls-key").arg(key);
+            args.extend([std::ffi::OsStr::new("--tls-key"), key]);
         }
-        let output = cmd.output().unwrap();
-        let stderr = String::from_utf8(output.stderr).unwrap();
-        assert!(!output.status.success());
+        let Finished { code, stderr, .. } = run(&args, &[], WAIT);
+        assert!(code != Some(0));
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
         assert!(stderr.starts_with(want), "{stderr}");
     }
