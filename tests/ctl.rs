@@ -60,14 +60,11 @@ fn global_flags_go_after_the_command_too() {
     let _: i64 = redis.cmd(&["HSET", "im_v2_chatOnline", "5", "1"]);
     let url = redis.url();
     let after = |args: &[&str]| {
-        let output = Command::new(env!("CARGO_BIN_EXE_freeim"))
-            .arg("ctl")
-            .args(args)
-            .args(["--redis", &url, "--servers", SERVERS, "--path", "/chat"])
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "ctl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
-        String::from_utf8(output.stdout).unwrap()
+        let all: Vec<&str> =
+            ["ctl"].iter().chain(args).chain(&["--redis", &url, "--servers", SERVERS, "--path", "/chat"]).copied().collect();
+        let finished = run(&all, &[], WAIT);
+        assert!(finished.success(), "ctl {args:?}: {}", finished.stderr);
+        finished.stdout
     };
     assert_eq!(after(&["online", "5", "6"]), "5\tonline\n6\toffline\n");
     let url = after(&["connect-url", "3", "--scheme", "wss"]);
