@@ -20,6 +20,8 @@ pub mod backend;
 pub mod client;
 pub mod error;
 pub mod gateway;
+#[doc(hidden)]
+pub mod internals;
 pub mod protocol;
 
 pub use client::{EventStream, ImClient, ImClientOptions, PresenceEvent, SendEvent};

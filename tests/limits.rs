@@ -5,7 +5,7 @@ mod common;
 use common::*;
 use freeim::backend::Op;
 use freeim::gateway::config::HANDSHAKE_TIMEOUT;
-use freeim::gateway::websocket::MAX_INBOUND_FRAME;
+use freeim::internals::MAX_INBOUND_FRAME;
 use freeim::protocol::{DirectMessage, NodeCommand, to_json};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Most node-channel messages handled as one batch.
-pub const MAX_BATCH: usize = 512;
+const MAX_BATCH: usize = 512;
 
 /// Consumes the node's subscription until shutdown.
 pub(crate) async fn run(node: Arc<Node>, mut subscription: Subscription) {

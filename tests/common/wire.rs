@@ -105,7 +105,7 @@ impl RawWs {
 
 /// A masked client frame, as browsers send them.
 pub fn masked_frame(first: u8, payload: &[u8]) -> Vec<u8> {
-    freeim::gateway::websocket::client_frame(first, payload, [0x37, 0xfa, 0x21, 0x3d])
+    freeim::internals::client_frame(first, payload, [0x37, 0xfa, 0x21, 0x3d])
 }
 
 /// A tungstenite client whose kernel receive buffer is as small as the OS allows, so that a
