@@ -60,8 +60,12 @@ fn global_flags_go_after_the_command_too() {
     let _: i64 = redis.cmd(&["HSET", "im_v2_chatOnline", "5", "1"]);
     let url = redis.url();
     let after = |args: &[&str]| {
-        let all: Vec<&str> =
-            ["ctl"].iter().chain(args).chain(&["--redis", &url, "--servers", SERVERS, "--path", "/chat"]).copied().collect();
+        let all: Vec<&str> = ["ctl"]
+            .iter()
+            .chain(args)
+            .chain(&["--redis", &url, "--servers", SERVERS, "--path", "/chat"])
+            .copied()
+            .collect();
         let finished = run(&all, &[], WAIT);
         assert!(finished.success(), "ctl {args:?}: {}", finished.stderr);
         finished.stdout

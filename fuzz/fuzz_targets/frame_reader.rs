@@ -1,7 +1,7 @@
 //! WebSocket frames from clients, split at arbitrary points: never a panic, and the same
 //! answers whatever the split.
 #![no_main]
-use freeim::gateway::websocket::FrameReader;
+use freeim::internals::FrameReader;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -6,18 +6,18 @@
 //! writable. So a delivery costs no task wake-up and an idle socket holds no buffer.
 //! The queue is bounded by bytes: a client that cannot keep up is closed (1008) rather
 //! than allowed to grow the node's memory, and [`Conn::send`] tells its caller how many
-//! frames that cost (the node's queue-drop counter).
+//! frames that cost (the node's queue-drop counter). The queue itself is an [`Outbox`].
 //!
 //! The task reads into a 2 KiB buffer on the thread's stack (outside the task's future),
 //! answers pings and closes, enforces the frame limit, and ends with a close handshake
 //! bounded by [`CLOSE_LINGER`].
 
+use super::outbox::{Outbox, Sink};
 use super::websocket::{self, FrameReader, Inbound, close_code};
 use super::{Node, tls};
 use crate::protocol::ClientId;
 use bytes::Bytes;
-use std::collections::VecDeque;
-use std::io::{self, IoSlice};
+use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -28,14 +28,12 @@ use tokio::sync::Notify;
 const READ_CHUNK: usize = 2048;
 /// Reads per wake-up before the task yields (a flooding client cannot starve others).
 const READS_PER_WAKE: usize = 16;
-/// Frames handed to one vectored write.
-const MAX_IOV: usize = 128;
 /// How long a closing socket may take to flush its close frame and see the peer's reply.
-pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 /// Why a socket closed; decides the close frame sent and the log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
+pub(crate) enum CloseReason {
     /// The client sent a close frame or closed its TCP connection.
     PeerClosed,
     /// The business side asked (`__FreeIM__(ForceOffline)`): 1001 `disconnect`.
@@ -69,33 +67,31 @@ impl CloseReason {
 
 /// A connected socket, shared by the registry, the dispatcher and its own task.
 #[derive(Debug)]
-pub struct Conn {
+pub(crate) struct Conn {
     /// Unique per node, for logs.
-    pub id: u64,
+    pub(crate) id: u64,
     /// The client this socket belongs to.
-    pub client_id: ClientId,
+    pub(crate) client_id: ClientId,
     /// The token value JSON exactly as stored, published again with the offline event.
-    pub token_value: Bytes,
+    pub(crate) token_value: Bytes,
     stream: TcpStream,
     /// The TLS session for `wss://`; `None` for plain `ws://`. Locked after `out`. Boxed:
     /// a session is ~1.2 KB, which a plain socket must not carry inline.
     tls: Option<Box<Mutex<rustls::ServerConnection>>>,
-    out: Mutex<Outbox>,
+    out: Mutex<Outgoing>,
     /// Asks the task to flush the queue or to close.
     wake: Notify,
-    /// Node-clock milliseconds of the last byte read, and of the last ping sent.
+    /// Node-clock milliseconds of the last byte read, and of the last ping sent (see
+    /// `heartbeat`).
     last_read: AtomicU64,
     ping_sent: AtomicU64,
 }
 
-/// Frames the kernel has not taken yet.
+/// What the socket is to write, under one lock so that no frame is queued after the close
+/// frame.
 #[derive(Debug, Default)]
-struct Outbox {
-    frames: VecDeque<Bytes>,
-    /// Bytes of the front frame already written.
-    offset: usize,
-    /// Unwritten bytes in `frames`.
-    bytes: usize,
+struct Outgoing {
+    outbox: Outbox,
     /// Set once: no more frames are accepted after it.
     closing: Option<CloseReason>,
 }
@@ -126,7 +122,7 @@ impl Conn {
         }
     }
 
-    fn outbox(&self) -> MutexGuard<'_, Outbox> {
+    fn outgoing(&self) -> MutexGuard<'_, Outgoing> {
         lock(&self.out)
     }
 
@@ -137,84 +133,41 @@ impl Conn {
     /// Returns the frames lost to an overflowing queue: those discarded when it overflows,
     /// and those offered afterwards while the socket closes as a slow consumer.
     #[must_use]
-    pub fn send(&self, frames: &[Bytes], max_queue: usize) -> usize {
-        let mut out = self.outbox();
+    pub(crate) fn send(&self, frames: &[Bytes], max_queue: usize) -> usize {
+        let mut out = self.outgoing();
         if let Some(reason) = out.closing {
             return if reason == CloseReason::SlowConsumer { frames.len() } else { 0 };
         }
-        let mut skip = 0;
-        if out.frames.is_empty() {
-            match self.write_now(frames.iter().map(|f| &f[..])) {
-                Ok(written) => skip = written,
-                Err(_) => {
-                    self.begin_close(&mut out, CloseReason::IoError);
-                    return 0;
-                }
-            }
+        if out.outbox.offer(frames, self).is_err() {
+            self.begin_close(&mut out, CloseReason::IoError);
+            return 0;
         }
-        let mut offset = skip;
-        for frame in frames {
-            if offset >= frame.len() {
-                offset -= frame.len();
-                continue;
-            }
-            if out.frames.is_empty() {
-                out.offset = offset;
-            }
-            out.bytes += frame.len() - offset;
-            offset = 0;
-            out.frames.push_back(frame.clone());
+        if let Some(overflow) = out.outbox.overflow(max_queue) {
+            let queued = overflow.queued;
+            tracing::warn!(conn = self.id, client = self.client_id, queued, "slow consumer: closing");
+            self.begin_close(&mut out, CloseReason::SlowConsumer);
+            return overflow.discarded;
         }
-        if out.bytes > max_queue {
-            return self.overflow(&mut out);
-        }
-        if !out.frames.is_empty() {
+        if !out.outbox.is_empty() {
             self.wake.notify_one();
         }
         0
     }
 
-    /// Closes the socket as a slow consumer, discarding its queue; returns the frames
-    /// discarded.
-    fn overflow(&self, out: &mut Outbox) -> usize {
-        tracing::warn!(conn = self.id, client = self.client_id, queued = out.bytes, "slow consumer: closing");
-        // Keep the unwritten rest of a partly written frame: a close frame sent after half a
-        // frame would be read as its payload, and the client would see garbage.
-        let offset = out.offset;
-        let partial = if offset > 0 { out.frames.pop_front() } else { None };
-        let discarded = out.frames.len();
-        out.frames.clear();
-        out.bytes = partial.as_ref().map_or(0, |f| f.len() - offset);
-        out.offset = if partial.is_some() { offset } else { 0 };
-        out.frames.extend(partial);
-        self.begin_close(out, CloseReason::SlowConsumer);
-        discarded
-    }
-
     /// Starts closing the socket for `reason` (the first reason wins).
-    pub fn close(&self, reason: CloseReason) {
-        self.begin_close(&mut self.outbox(), reason);
+    pub(crate) fn close(&self, reason: CloseReason) {
+        self.begin_close(&mut self.outgoing(), reason);
     }
 
-    fn begin_close(&self, out: &mut Outbox, reason: CloseReason) {
+    fn begin_close(&self, out: &mut Outgoing, reason: CloseReason) {
         if out.closing.is_some() {
             return;
         }
         out.closing = Some(reason);
         if let Some(frame) = reason.frame() {
-            out.bytes += frame.len();
-            out.frames.push_back(frame);
+            out.outbox.queue(frame);
         }
         self.wake.notify_one();
-    }
-
-    /// Hands bytes to the socket (through the TLS session, if any) without waiting;
-    /// returns how many were taken.
-    fn write_now<'a>(&self, frames: impl Iterator<Item = &'a [u8]>) -> io::Result<usize> {
-        match &self.tls {
-            None => write_frames(&self.stream, frames),
-            Some(session) => tls::write(&mut lock(session), &self.stream, frames),
-        }
     }
 
     /// Writes the TLS records still waiting in the session; `Ok(true)` when none are left
@@ -228,55 +181,46 @@ impl Conn {
 
     /// Writes what is queued; `Ok(true)` when nothing is left to write.
     fn flush(&self) -> io::Result<bool> {
-        let mut out = self.outbox();
+        let mut out = self.outgoing();
         if !self.drain_tls()? {
             return Ok(false);
         }
-        if out.frames.is_empty() {
+        if out.outbox.is_empty() {
             return Ok(true);
         }
-        let first = out.offset;
-        let written = {
-            let mut slices = out.frames.iter().map(|f| &f[..]);
-            let head = slices.next().map(|f| &f[first..]);
-            self.write_now(head.into_iter().chain(slices))?
-        };
-        out.bytes -= written;
-        let mut left = written + out.offset;
-        while let Some(front) = out.frames.front() {
-            if left < front.len() {
-                break;
-            }
-            left -= front.len();
-            out.frames.pop_front();
-        }
-        out.offset = left;
-        if out.frames.is_empty() {
-            out.frames = VecDeque::new();
-        }
-        Ok(out.frames.is_empty() && self.drain_tls()?)
+        Ok(out.outbox.flush(self)? && self.drain_tls()?)
     }
 
     fn closing(&self) -> Option<CloseReason> {
-        self.outbox().closing
+        self.outgoing().closing
     }
 
-    /// Called by the heartbeat: pings every `interval`, and closes the socket when nothing
-    /// was read within `timeout` after a ping. Returns the frames dropped, as [`Conn::send`].
+    /// Node-clock milliseconds of the last byte read.
+    pub(crate) fn last_read_ms(&self) -> u64 {
+        self.last_read.load(Ordering::Relaxed)
+    }
+
+    /// Node-clock milliseconds of the last ping sent.
+    pub(crate) fn ping_sent_ms(&self) -> u64 {
+        self.ping_sent.load(Ordering::Relaxed)
+    }
+
+    /// Sends a ping now (`now_ms` on the node clock), whatever the queue holds; returns
+    /// the frames dropped, as [`Conn::send`].
     #[must_use]
-    pub fn heartbeat(&self, now_ms: u64, interval: Duration, timeout: Duration) -> usize {
-        let (last_read, ping) = (self.last_read.load(Ordering::Relaxed), self.ping_sent.load(Ordering::Relaxed));
-        let waiting = last_read < ping;
-        if waiting && now_ms.saturating_sub(ping) >= timeout.as_millis() as u64 {
-            tracing::info!(conn = self.id, client = self.client_id, "dead peer: no pong; closing");
-            self.close(CloseReason::DeadPeer);
-            return 0;
+    pub(crate) fn ping(&self, now_ms: u64) -> usize {
+        self.ping_sent.store(now_ms, Ordering::Relaxed);
+        self.send(&[websocket::ping_frame()], usize::MAX)
+    }
+}
+
+/// The socket itself: through the TLS session, if any.
+impl Sink for &Conn {
+    fn write_now<'a>(&mut self, frames: impl Iterator<Item = &'a [u8]>) -> io::Result<usize> {
+        match &self.tls {
+            None => (&self.stream).write_now(frames),
+            Some(session) => tls::write(&mut lock(session), &self.stream, frames),
         }
-        if !waiting && now_ms.saturating_sub(ping) >= interval.as_millis() as u64 {
-            self.ping_sent.store(now_ms, Ordering::Relaxed);
-            return self.send(&[websocket::ping_frame()], usize::MAX);
-        }
-        0
     }
 }
 
@@ -284,34 +228,6 @@ impl Conn {
 /// applied whole), so a poisoned lock is used as it is.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Writes as much of `frames` as the socket takes now, without waiting; returns the bytes
-/// written. A full socket (`WouldBlock`) is not an error.
-pub fn write_frames<'a>(stream: &TcpStream, frames: impl Iterator<Item = &'a [u8]>) -> io::Result<usize> {
-    let mut frames = frames.filter(|f| !f.is_empty()).peekable();
-    let mut total = 0;
-    while frames.peek().is_some() {
-        let mut slices = [IoSlice::new(&[]); MAX_IOV];
-        let mut count = 0;
-        let mut wanted = 0;
-        for (slot, frame) in slices.iter_mut().zip(frames.by_ref()) {
-            *slot = IoSlice::new(frame);
-            wanted += frame.len();
-            count += 1;
-        }
-        match stream.try_write_vectored(&slices[..count]) {
-            Ok(n) => {
-                total += n;
-                if n < wanted {
-                    break;
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(total)
 }
 
 /// Serves `conn` until it closes; returns why. `leftover` holds bytes read past the

@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Most node-channel messages handled as one batch.
-pub const MAX_BATCH: usize = 512;
+const MAX_BATCH: usize = 512;
 
 /// Consumes the node's subscription until shutdown.
 pub(crate) async fn run(node: Arc<Node>, mut subscription: Subscription) {
@@ -122,18 +122,14 @@ async fn chan_members(node: &Node, commands: &[NodeCommand]) -> HashMap<String, 
     }
     let keys: Vec<String> = chans.iter().map(|c| node.client.keys().chan(c)).collect();
     match node.client.backend().hkeys(&keys).await {
-        Ok(lists) => chans.iter().zip(lists).map(|(chan, fields)| (chan.to_string(), member_ids(&fields))).collect(),
+        Ok(lists) => {
+            chans.iter().zip(lists).map(|(chan, fields)| (chan.to_string(), protocol::member_ids(&fields))).collect()
+        }
         Err(e) => {
             tracing::warn!(error = %e, ?chans, "could not read channel members; dropping these channel messages");
             HashMap::new()
         }
     }
-}
-
-/// Client ids of channel member fields: `0` (the system) and non-numeric fields are
-/// skipped, as FreeIM does.
-fn member_ids(fields: &[String]) -> Vec<ClientId> {
-    fields.iter().filter_map(|f| f.parse().ok()).filter(|id| *id != 0).collect()
 }
 
 /// The sockets of `receiver` a message from `sender` goes to: none when the receiver is

@@ -25,9 +25,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Seconds a lease lives without renewal.
-pub const LEASE_TTL_SECS: u64 = 15;
+const LEASE_TTL_SECS: u64 = 15;
 /// How often a node renews its lease and checks the others'.
-pub const RENEW_EVERY: Duration = Duration::from_secs(5);
+const RENEW_EVERY: Duration = Duration::from_secs(5);
 /// Pause before retrying a restore that could not reach the backend.
 const RESTORE_RETRY: Duration = Duration::from_millis(250);
 /// Seconds the cleanup lock of a dead node is held (long enough for 19k sockets).

@@ -11,32 +11,118 @@ use super::connection::CloseReason;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Why a socket was disconnected, as a metric label.
-const DISCONNECT_REASONS: [&str; 8] =
-    ["closed", "kicked", "slow_consumer", "dead_peer", "shutdown", "violation", "limit", "error"];
-
-/// Why an upgrade was refused, as a metric label.
-#[derive(Debug, Clone, Copy)]
-pub enum Refusal {
-    /// Missing, malformed, unknown, expired or used token.
-    Token = 0,
-    /// `--max-connections` reached.
-    NodeFull = 1,
-    /// `--max-sockets-per-client` reached.
-    ClientFull = 2,
-    /// `Origin` not in `--allowed-origins`.
-    Origin = 3,
-    /// The token store could not be reached.
-    Unavailable = 4,
+/// Why a socket was disconnected, as a metric label: a [`CloseReason`] without its details.
+/// Each counter is at the index of its variant; [`Disconnect::ALL`] lists them in that order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Disconnect {
+    Closed,
+    Kicked,
+    SlowConsumer,
+    DeadPeer,
+    Shutdown,
+    Violation,
+    Limit,
+    Error,
 }
-const REFUSALS: [&str; 5] = ["token", "node_full", "client_full", "origin", "unavailable"];
+
+impl Disconnect {
+    /// Every variant, in declaration order (the order of `/metrics` lines).
+    const ALL: [Disconnect; 8] = [
+        Disconnect::Closed,
+        Disconnect::Kicked,
+        Disconnect::SlowConsumer,
+        Disconnect::DeadPeer,
+        Disconnect::Shutdown,
+        Disconnect::Violation,
+        Disconnect::Limit,
+        Disconnect::Error,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Disconnect::Closed => "closed",
+            Disconnect::Kicked => "kicked",
+            Disconnect::SlowConsumer => "slow_consumer",
+            Disconnect::DeadPeer => "dead_peer",
+            Disconnect::Shutdown => "shutdown",
+            Disconnect::Violation => "violation",
+            Disconnect::Limit => "limit",
+            Disconnect::Error => "error",
+        }
+    }
+}
+
+impl From<CloseReason> for Disconnect {
+    fn from(reason: CloseReason) -> Self {
+        match reason {
+            CloseReason::PeerClosed => Disconnect::Closed,
+            CloseReason::ForceOffline => Disconnect::Kicked,
+            CloseReason::SlowConsumer => Disconnect::SlowConsumer,
+            CloseReason::DeadPeer => Disconnect::DeadPeer,
+            CloseReason::Shutdown => Disconnect::Shutdown,
+            CloseReason::Violation(..) => Disconnect::Violation,
+            CloseReason::FrameRate => Disconnect::Limit,
+            CloseReason::IoError => Disconnect::Error,
+        }
+    }
+}
+
+/// Why an upgrade was refused, as a metric label. Each counter is at the index of its
+/// variant; [`Refusal::ALL`] lists them in that order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// Missing, malformed, unknown, expired or used token.
+    Token,
+    /// `--max-connections` reached.
+    NodeFull,
+    /// `--max-sockets-per-client` reached.
+    ClientFull,
+    /// `Origin` not in `--allowed-origins`.
+    Origin,
+    /// The token store could not be reached.
+    Unavailable,
+}
+
+impl Refusal {
+    /// Every variant, in declaration order (the order of `/metrics` lines).
+    const ALL: [Refusal; 5] =
+        [Refusal::Token, Refusal::NodeFull, Refusal::ClientFull, Refusal::Origin, Refusal::Unavailable];
+
+    fn label(self) -> &'static str {
+        match self {
+            Refusal::Token => "token",
+            Refusal::NodeFull => "node_full",
+            Refusal::ClientFull => "client_full",
+            Refusal::Origin => "origin",
+            Refusal::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// The samples of a counter kept per reason: each `{reason="…"}` label and its value.
+fn by_reason<K: Copy>(kinds: &[K], label: fn(K) -> &'static str, count: impl Fn(K) -> u64) -> Vec<(String, u64)> {
+    kinds.iter().map(|&k| (format!("{{reason=\"{}\"}}", label(k)), count(k))).collect()
+}
+
+/// Prometheus text being written.
+struct Exposition(String);
+
+impl Exposition {
+    /// One metric: its help and type lines, then a line per sample (labels and value).
+    fn metric<L: AsRef<str>>(&mut self, name: &str, kind: &str, help: &str, samples: &[(L, u64)]) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(self.0, "{name}{} {value}", labels.as_ref());
+        }
+    }
+}
 
 /// The node's counters.
 #[derive(Debug, Default)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     connects: AtomicU64,
-    disconnects: [AtomicU64; DISCONNECT_REASONS.len()],
-    refused: [AtomicU64; REFUSALS.len()],
+    disconnects: [AtomicU64; Disconnect::ALL.len()],
+    refused: [AtomicU64; Refusal::ALL.len()],
     messages_in: AtomicU64,
     malformed_in: AtomicU64,
     frames_out: AtomicU64,
@@ -54,108 +140,89 @@ fn bump(counter: &AtomicU64, by: u64) {
 
 impl Metrics {
     /// A socket completed its upgrade.
-    pub fn connected(&self) {
+    pub(crate) fn connected(&self) {
         bump(&self.connects, 1);
     }
     /// A socket closed.
-    pub fn disconnected(&self, reason: CloseReason) {
-        let index = match reason {
-            CloseReason::PeerClosed => 0,
-            CloseReason::ForceOffline => 1,
-            CloseReason::SlowConsumer => 2,
-            CloseReason::DeadPeer => 3,
-            CloseReason::Shutdown => 4,
-            CloseReason::Violation(..) => 5,
-            CloseReason::FrameRate => 6,
-            CloseReason::IoError => 7,
-        };
-        bump(&self.disconnects[index], 1);
+    pub(crate) fn disconnected(&self, reason: CloseReason) {
+        bump(&self.disconnects[Disconnect::from(reason) as usize], 1);
     }
     /// An upgrade was refused.
-    pub fn refused(&self, why: Refusal) {
+    pub(crate) fn refused(&self, why: Refusal) {
         bump(&self.refused[why as usize], 1);
     }
     /// Node-channel messages received, and how many of them were malformed.
-    pub fn messages_in(&self, total: usize, malformed: usize) {
+    pub(crate) fn messages_in(&self, total: usize, malformed: usize) {
         bump(&self.messages_in, total as u64);
         bump(&self.malformed_in, malformed as u64);
     }
     /// Text frames handed to sockets.
-    pub fn frames_out(&self, frames: usize) {
+    pub(crate) fn frames_out(&self, frames: usize) {
         bump(&self.frames_out, frames as u64);
     }
     /// Frames lost to overflowing socket queues (see `Conn::send`).
-    pub fn queue_dropped(&self, frames: usize) {
+    pub(crate) fn queue_dropped(&self, frames: usize) {
         // Most calls drop nothing: skip the shared cache line then.
         if frames > 0 {
             bump(&self.queue_dropped, frames as u64);
         }
     }
     /// A receipt was sent (`delivered` or not).
-    pub fn receipt(&self, delivered: bool) {
+    pub(crate) fn receipt(&self, delivered: bool) {
         bump(if delivered { &self.receipts_delivered } else { &self.receipts_offline }, 1);
     }
     /// The node-channel subscription was established again after a loss.
-    pub fn resubscribed(&self) {
+    pub(crate) fn resubscribed(&self) {
         bump(&self.redis_resubscribes, 1);
     }
 
     /// This node cleaned up after a dead node (it held the cleanup lock), closing `sockets`.
-    pub fn lease_cleanup(&self, sockets: usize) {
+    pub(crate) fn lease_cleanup(&self, sockets: usize) {
         bump(&self.lease_cleanups, 1);
         bump(&self.lease_cleaned_sockets, sockets as u64);
     }
 
     /// The Prometheus text exposition, with the gauges given by the caller.
-    pub fn render(&self, connections: usize, live: bool) -> String {
+    pub(crate) fn render(&self, connections: usize, live: bool) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let mut out = String::with_capacity(2048);
-        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (labels, value) in samples {
-                let _ = writeln!(out, "{name}{labels} {value}");
-            }
-        };
-        metric("freeim_connections", "gauge", "Open WebSocket connections.", &[("", connections as u64)]);
-        metric(
+        let mut text = Exposition(String::with_capacity(2048));
+        text.metric("freeim_connections", "gauge", "Open WebSocket connections.", &[("", connections as u64)]);
+        text.metric(
             "freeim_redis_subscription_up",
             "gauge",
             "1 while the node channel subscription is live.",
             &[("", live as u64)],
         );
-        metric("freeim_connects_total", "counter", "Completed WebSocket upgrades.", &[("", get(&self.connects))]);
-        let labels: Vec<String> = DISCONNECT_REASONS.iter().map(|r| format!("{{reason=\"{r}\"}}")).collect();
-        let samples: Vec<(&str, u64)> =
-            labels.iter().zip(&self.disconnects).map(|(l, c)| (l.as_str(), get(c))).collect();
-        metric("freeim_disconnects_total", "counter", "Closed sockets by reason.", &samples);
-        let labels: Vec<String> = REFUSALS.iter().map(|r| format!("{{reason=\"{r}\"}}")).collect();
-        let samples: Vec<(&str, u64)> = labels.iter().zip(&self.refused).map(|(l, c)| (l.as_str(), get(c))).collect();
-        metric("freeim_refused_total", "counter", "Refused upgrades by reason.", &samples);
-        metric(
+        text.metric("freeim_connects_total", "counter", "Completed WebSocket upgrades.", &[("", get(&self.connects))]);
+        let disconnects = by_reason(&Disconnect::ALL, Disconnect::label, |d| get(&self.disconnects[d as usize]));
+        text.metric("freeim_disconnects_total", "counter", "Closed sockets by reason.", &disconnects);
+        let refused = by_reason(&Refusal::ALL, Refusal::label, |r| get(&self.refused[r as usize]));
+        text.metric("freeim_refused_total", "counter", "Refused upgrades by reason.", &refused);
+        text.metric(
             "freeim_messages_in_total",
             "counter",
             "Node-channel messages received.",
             &[("", get(&self.messages_in))],
         );
-        metric(
+        text.metric(
             "freeim_messages_malformed_total",
             "counter",
             "Node-channel messages dropped as malformed.",
             &[("", get(&self.malformed_in))],
         );
-        metric(
+        text.metric(
             "freeim_frames_out_total",
             "counter",
             "Text frames delivered to sockets.",
             &[("", get(&self.frames_out))],
         );
-        metric(
+        text.metric(
             "freeim_queue_dropped_frames_total",
             "counter",
             "Frames not delivered because a socket's outgoing queue overflowed (slow consumers).",
             &[("", get(&self.queue_dropped))],
         );
-        metric(
+        text.metric(
             "freeim_receipts_total",
             "counter",
             "Receipts sent by status.",
@@ -164,31 +231,37 @@ impl Metrics {
                 ("{status=\"offline\"}", get(&self.receipts_offline)),
             ],
         );
-        metric(
+        text.metric(
             "freeim_redis_resubscribes_total",
             "counter",
             "Node-channel subscriptions re-established after a loss.",
             &[("", get(&self.redis_resubscribes))],
         );
-        metric(
+        text.metric(
             "freeim_lease_cleanups_total",
             "counter",
             "Cleanups of dead nodes run by this node (one per dead node it took the lock of).",
             &[("", get(&self.lease_cleanups))],
         );
-        metric(
+        text.metric(
             "freeim_lease_cleaned_sockets_total",
             "counter",
             "Sockets of dead nodes closed by this node's cleanups.",
             &[("", get(&self.lease_cleaned_sockets))],
         );
-        out
+        text.0
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counters_sit_at_their_variants_index() {
+        assert!(Disconnect::ALL.iter().enumerate().all(|(i, d)| *d as usize == i));
+        assert!(Refusal::ALL.iter().enumerate().all(|(i, r)| *r as usize == i));
+    }
 
     #[test]
     fn renders_prometheus_text() {

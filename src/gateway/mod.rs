@@ -1,24 +1,30 @@
 //! The WebSocket gateway node (the reference's `ImServer`).
 //!
-//! A node is four kinds of tasks around one shared [`Node`]:
-//! - [`listener`]: accepts TCP, answers `/healthz`, upgrades `/ws?token=…` after the token
-//!   lookup, then runs each socket's task ([`connection`]) and its presence ([`presence`]);
-//! - [`dispatch`]: consumes the node channel `{P}Server{server}` and writes frames;
-//! - [`heartbeat`]: pings sockets and closes dead peers;
+//! A node is four kinds of tasks around one shared `Node`:
+//! - `listener`: accepts TCP, then runs each socket's task: its HTTP request (`http`:
+//!   `/healthz`, `/metrics`, or the upgrade of `/ws?token=…` after the token lookup), its
+//!   frames (`connection`, writing through an `outbox`) and its presence (`presence`);
+//! - `dispatch`: consumes the node channel `{P}Server{server}` and writes frames;
+//! - `heartbeat`: pings sockets and closes dead peers;
 //! - shutdown ([`Gateway::shutdown`]): stop accepting, close every socket with 1001, run
 //!   each close path, and wait for them within the drain timeout.
+//!
+//! Only [`Gateway`] and its configuration are public; freeim's own bench, fuzz targets and
+//! tests reach the pieces they need through `freeim::internals`.
 
 pub mod config;
-pub mod connection;
+mod connection;
 mod dispatch;
 mod heartbeat;
+pub(crate) mod http;
 mod lease;
-mod listener;
-pub mod metrics;
+pub(crate) mod listener;
+mod metrics;
+pub(crate) mod outbox;
 mod presence;
-pub mod registry;
+mod registry;
 mod tls;
-pub mod websocket;
+pub(crate) mod websocket;
 
 pub use self::config::{ConfigError, GatewayConfig, Settings};
 use self::connection::CloseReason;
@@ -30,15 +36,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Instant;
-use tokio::net::TcpSocket;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// How long start-up may spend cleaning a previous run's presence before serving anyway.
 const STARTUP_CLEANUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-/// Pending connections the kernel queues before `accept` (bursts of thousands of connects).
-const LISTEN_BACKLOG: u32 = 4096;
 
 /// Why a gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -100,7 +103,8 @@ impl Gateway {
     pub async fn start(config: GatewayConfig, backend: Backend) -> Result<Gateway, GatewayError> {
         let options = ImClientOptions { path: config.path.clone(), ..ImClientOptions::new(config.servers.clone()) };
         let client = ImClient::new(backend, options)?;
-        let listener = bind(config.listen).map_err(|source| GatewayError::Bind { addr: config.listen, source })?;
+        let listener =
+            listener::bind(config.listen).map_err(|source| GatewayError::Bind { addr: config.listen, source })?;
         let local_addr = listener.local_addr().map_err(|source| GatewayError::Bind { addr: config.listen, source })?;
         let mut subscription = client.backend().subscribe(vec![client.keys().server(&config.server)]);
         let sockets_key = client.keys().node_sockets(&config.server);
@@ -181,11 +185,4 @@ impl Gateway {
 fn first_conn_id() -> u64 {
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     (secs << 32) | 1
-}
-
-fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
 }

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// client id → its sockets on this node (several devices or tabs).
 #[derive(Debug, Default)]
-pub struct Registry {
+pub(crate) struct Registry {
     clients: DashMap<ClientId, Sockets>,
     /// Registered sockets.
     sockets: AtomicUsize,
@@ -47,7 +47,7 @@ impl Sockets {
 /// A place on the node held by an upgrade in progress; given back when dropped.
 #[derive(Debug)]
 #[must_use]
-pub struct Reservation<'r> {
+pub(crate) struct Reservation<'r> {
     registry: &'r Registry,
 }
 
@@ -55,7 +55,7 @@ pub struct Reservation<'r> {
 /// when passed to [`Registry::insert`], and gives both back when dropped.
 #[derive(Debug)]
 #[must_use]
-pub struct ClientReservation<'r> {
+pub(crate) struct ClientReservation<'r> {
     node: Reservation<'r>,
     client_id: ClientId,
 }
@@ -79,7 +79,7 @@ impl Drop for ClientReservation<'_> {
 impl<'r> Reservation<'r> {
     /// Also reserves a place among `client_id`'s sockets, if it holds (or has reserved)
     /// fewer than `limit`; `None` (and this place given back) otherwise.
-    pub fn for_client(self, client_id: ClientId, limit: usize) -> Option<ClientReservation<'r>> {
+    pub(crate) fn for_client(self, client_id: ClientId, limit: usize) -> Option<ClientReservation<'r>> {
         let admitted = match self.registry.clients.entry(client_id) {
             Entry::Occupied(mut entry) => {
                 let sockets = entry.get_mut();
@@ -100,13 +100,13 @@ impl<'r> Reservation<'r> {
 
 impl Registry {
     /// Reserves a place on the node for an upgrade, if fewer than `limit` are taken.
-    pub fn reserve(&self, limit: usize) -> Option<Reservation<'_>> {
+    pub(crate) fn reserve(&self, limit: usize) -> Option<Reservation<'_>> {
         let taken = self.places.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < limit).then_some(n + 1));
         taken.ok().map(|_| Reservation { registry: self })
     }
 
     /// Adds a socket in the places `reservation` holds for its client.
-    pub fn insert(&self, reservation: ClientReservation<'_>, conn: Arc<Conn>) {
+    pub(crate) fn insert(&self, reservation: ClientReservation<'_>, conn: Arc<Conn>) {
         debug_assert_eq!(reservation.client_id, conn.client_id, "a reservation is for one client");
         // The places stay taken, now by the socket: `remove` gives them back.
         std::mem::forget(reservation);
@@ -117,7 +117,7 @@ impl Registry {
     }
 
     /// Removes a socket (no-op if it is not there).
-    pub fn remove(&self, conn: &Conn) {
+    pub(crate) fn remove(&self, conn: &Conn) {
         let removed = self.clients.remove_if_mut(&conn.client_id, |_, sockets| {
             if let Some(i) = sockets.conns.iter().position(|c| c.id == conn.id) {
                 sockets.conns.swap_remove(i);
@@ -130,42 +130,42 @@ impl Registry {
     }
 
     /// Calls `f` with the sockets of `client_id`; `None` when it has none here.
-    pub fn with<R>(&self, client_id: ClientId, f: impl FnOnce(&[Arc<Conn>]) -> R) -> Option<R> {
+    pub(crate) fn with<R>(&self, client_id: ClientId, f: impl FnOnce(&[Arc<Conn>]) -> R) -> Option<R> {
         let sockets = self.clients.get(&client_id)?;
         (!sockets.conns.is_empty()).then(|| f(&sockets.conns))
     }
 
     /// Whether `conn` is (still) registered.
-    pub fn holds(&self, conn: &Conn) -> bool {
+    pub(crate) fn holds(&self, conn: &Conn) -> bool {
         self.holds_socket(conn.client_id, conn.id)
     }
 
     /// Whether socket `socket` of `client_id` is registered.
-    pub fn holds_socket(&self, client_id: ClientId, socket: u64) -> bool {
+    pub(crate) fn holds_socket(&self, client_id: ClientId, socket: u64) -> bool {
         self.with(client_id, |conns| conns.iter().any(|c| c.id == socket)).unwrap_or(false)
     }
 
     /// Calls `f` for every client with sockets on this node.
-    pub fn for_each(&self, mut f: impl FnMut(ClientId, &[Arc<Conn>])) {
+    pub(crate) fn for_each(&self, mut f: impl FnMut(ClientId, &[Arc<Conn>])) {
         for entry in self.clients.iter().filter(|e| !e.conns.is_empty()) {
             f(*entry.key(), &entry.conns);
         }
     }
 
     /// Every socket on this node.
-    pub fn all(&self) -> Vec<Arc<Conn>> {
+    pub(crate) fn all(&self) -> Vec<Arc<Conn>> {
         let mut all = Vec::with_capacity(self.len());
         self.for_each(|_, conns| all.extend(conns.iter().cloned()));
         all
     }
 
     /// Number of sockets on this node (upgrades in progress not included).
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.sockets.load(Ordering::Relaxed)
     }
 
     /// Whether the node holds no socket.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }

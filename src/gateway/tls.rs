@@ -16,11 +16,11 @@ use tokio::net::TcpStream;
 
 /// Encrypted bytes a session may hold before it refuses more plaintext; the rest waits in
 /// the connection's bounded queue like on a plain socket.
-pub const SESSION_BUFFER: usize = 64 * 1024;
+pub(crate) const SESSION_BUFFER: usize = 64 * 1024;
 
 /// The server configuration for a PEM certificate chain and PEM private key. Errors name
 /// the file and the reason.
-pub fn load(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, (&'static str, String)> {
+pub(crate) fn load(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, (&'static str, String)> {
     let certs = CertificateDer::pem_file_iter(cert)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
         .map_err(|e| ("tls-cert", format!("{}: {e}", cert.display())))?;
@@ -49,7 +49,7 @@ impl Write for NonBlocking<'_> {
 }
 
 /// Writes the session's pending records; `Ok(true)` when none are left.
-pub fn drain(session: &mut ServerConnection, stream: &TcpStream) -> io::Result<bool> {
+pub(crate) fn drain(session: &mut ServerConnection, stream: &TcpStream) -> io::Result<bool> {
     while session.wants_write() {
         match session.write_tls(&mut NonBlocking(stream)) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -63,7 +63,7 @@ pub fn drain(session: &mut ServerConnection, stream: &TcpStream) -> io::Result<b
 
 /// Encrypts as much of `frames` as the session takes and writes what the socket takes;
 /// returns the plaintext bytes taken.
-pub fn write<'a>(
+pub(crate) fn write<'a>(
     session: &mut ServerConnection,
     stream: &TcpStream,
     frames: impl Iterator<Item = &'a [u8]>,
@@ -82,7 +82,11 @@ pub fn write<'a>(
 
 /// Feeds ciphertext read from the socket and hands the decrypted bytes to `plaintext`.
 /// `Ok(false)` when the peer closed the TLS session.
-pub fn read(session: &mut ServerConnection, mut data: &[u8], mut plaintext: impl FnMut(&[u8])) -> io::Result<bool> {
+pub(crate) fn read(
+    session: &mut ServerConnection,
+    mut data: &[u8],
+    mut plaintext: impl FnMut(&[u8]),
+) -> io::Result<bool> {
     while !data.is_empty() {
         session.read_tls(&mut data)?;
         session.process_new_packets().map_err(io::Error::other)?;
@@ -94,7 +98,7 @@ pub fn read(session: &mut ServerConnection, mut data: &[u8], mut plaintext: impl
 }
 
 /// Hands over what the session has decrypted; `Ok(false)` at the peer's close_notify.
-pub fn decrypted(session: &mut ServerConnection, plaintext: &mut impl FnMut(&[u8])) -> io::Result<bool> {
+pub(crate) fn decrypted(session: &mut ServerConnection, plaintext: &mut impl FnMut(&[u8])) -> io::Result<bool> {
     let mut buf = [0u8; 2048];
     loop {
         match session.reader().read(&mut buf) {

@@ -17,15 +17,15 @@ use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 pub const MAX_INBOUND_FRAME: usize = 64 * 1024;
 
 /// Close codes the gateway sends (RFC 6455 §7.4.1).
-pub mod close_code {
+pub(crate) mod close_code {
     /// The endpoint is going away: force offline, shutdown.
-    pub const GOING_AWAY: u16 = 1001;
+    pub(crate) const GOING_AWAY: u16 = 1001;
     /// The peer broke the protocol.
-    pub const PROTOCOL_ERROR: u16 = 1002;
+    pub(crate) const PROTOCOL_ERROR: u16 = 1002;
     /// Policy violation: used for slow consumers.
-    pub const POLICY: u16 = 1008;
+    pub(crate) const POLICY: u16 = 1008;
     /// A frame was larger than [`super::MAX_INBOUND_FRAME`].
-    pub const TOO_BIG: u16 = 1009;
+    pub(crate) const TOO_BIG: u16 = 1009;
 }
 
 /// The `101 Switching Protocols` answer for a client's `Sec-WebSocket-Key`.
@@ -37,7 +37,7 @@ pub fn upgrade_response(key: &[u8]) -> String {
 }
 
 /// An unmasked, final server frame: header and payload in one buffer, ready to be shared.
-pub fn frame(opcode: OpCode, payload: &[u8]) -> Bytes {
+fn frame(opcode: OpCode, payload: &[u8]) -> Bytes {
     let header = FrameHeader { opcode, ..FrameHeader::default() };
     let mut out = Vec::with_capacity(header.len(payload.len() as u64) + payload.len());
     // Writing into a Vec cannot fail.
@@ -62,29 +62,6 @@ pub fn close_frame(code: u16, reason: &str) -> Bytes {
 /// The empty ping the heartbeat sends.
 pub fn ping_frame() -> Bytes {
     frame(OpCode::Control(Control::Ping), &[])
-}
-
-/// A masked frame as a client sends it: `first` is the FIN bit and opcode byte (`0x81` for
-/// a final text frame). Used by load generators and tests; the gateway only parses these.
-pub fn client_frame(first: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(14 + payload.len());
-    out.push(first);
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n if n < 65536 => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&mask);
-    let start = out.len();
-    out.extend_from_slice(payload);
-    apply_mask(&mut out[start..], mask);
-    out
 }
 
 /// What a client sent that the gateway acts on.
@@ -191,8 +168,9 @@ fn parse_frames(buf: &[u8], out: &mut Vec<Inbound>, frames: &mut u64) -> usize {
     used
 }
 
-/// Unmasks a client payload (only control payloads, at most 125 bytes, are ever unmasked).
-fn apply_mask(payload: &mut [u8], mask: [u8; 4]) {
+/// Masks or unmasks a client payload (the gateway only ever unmasks control payloads, at
+/// most 125 bytes).
+pub(crate) fn apply_mask(payload: &mut [u8], mask: [u8; 4]) {
     for (i, byte) in payload.iter_mut().enumerate() {
         *byte ^= mask[i & 3];
     }
@@ -206,6 +184,7 @@ fn violation(out: &mut Vec<Inbound>, code: u16, why: &'static str, consumed: usi
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::internals::client_frame;
 
     fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
         client_frame(first, payload, [1, 2, 3, 4])

@@ -6,7 +6,7 @@
 //! inbound frame limit.
 
 use super::{QUIET, WAIT, status_of};
-use freeim::gateway::websocket as codec;
+use freeim::internals as codec;
 use futures_util::{SinkExt, StreamExt};
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -2,25 +2,24 @@
 //!
 //! It upgrades any `GET …?id=N` without a token, keeps its sockets in one map, and writes
 //! the frames the bench sends on a control socket straight to them: no Redis, no presence,
-//! no channels, no routing. It uses the gateway's own frame code
-//! ([`freeim::gateway::websocket`]) and the same write technique (one frame encoded once
-//! and shared, a batch's frames to one socket in one vectored write, a queue only for what
-//! the kernel did not take), so the difference between it and a gateway node is what our
-//! protocol work costs.
+//! no channels, no routing. It uses the gateway's own code ([`freeim::internals`]): its
+//! listen socket, request head reader, frames, and socket queue ([`Outbox`], so the same
+//! write technique: one frame encoded once and shared, a batch's frames to one socket in
+//! one vectored write, a queue only for what the kernel did not take, here unbounded). So
+//! the difference between it and a gateway node is what our protocol work costs.
 //!
 //! Control frames (little-endian): `u32 length`, then `u8 kind` (0: to every socket,
 //! 1: to the sockets of client `target`), `i64 target`, and the frame payload.
 
 use bytes::Bytes;
-use freeim::gateway::connection::write_frames;
-use freeim::gateway::websocket;
-use std::collections::{HashMap, VecDeque};
+use freeim::internals::{Outbox, bind, read_head, text_frame, upgrade_response};
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
 /// Control kind: a frame for every socket.
@@ -29,8 +28,6 @@ pub const KIND_ALL: u8 = 0;
 pub const KIND_ONE: u8 = 1;
 /// Bytes of a control header after the length: kind and target.
 const HEADER: usize = 9;
-/// Pending connections the kernel queues (as the gateway).
-const BACKLOG: u32 = 4096;
 /// Bytes read per control read (a burst of commands is handled as one batch).
 const CONTROL_READ: usize = 256 * 1024;
 /// Bytes read per socket read, on the stack.
@@ -62,8 +59,7 @@ pub fn command(kind: u8, target: i64, payload: &[u8], out: &mut Vec<u8>) {
 struct RawConn {
     id: u64,
     stream: TcpStream,
-    out: Mutex<VecDeque<Bytes>>,
-    offset: AtomicU64,
+    out: Mutex<Outbox>,
     wake: Notify,
 }
 
@@ -77,8 +73,8 @@ struct State {
 pub fn run(args: RawServerArgs) -> anyhow::Result<()> {
     super::super::runtime(args.threads)?.block_on(async {
         let state = Arc::new(State::default());
-        let ws = listen(args.listen)?;
-        let control = listen(args.control)?;
+        let ws = bind(args.listen)?;
+        let control = bind(args.control)?;
         tokio::spawn(accept_control(state.clone(), control));
         loop {
             match ws.accept().await {
@@ -91,23 +87,16 @@ pub fn run(args: RawServerArgs) -> anyhow::Result<()> {
     })
 }
 
-fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = TcpSocket::new_v4()?;
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(BACKLOG)
-}
-
 async fn serve(state: Arc<State>, mut stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let Some((client, key)) = Box::pin(upgrade(&mut stream)).await else { return };
     let id = state.next_id.fetch_add(1, Ordering::Relaxed);
     // Answer before registering (as the gateway does), so no frame can overtake the `101`.
-    let response = websocket::upgrade_response(key.as_bytes());
+    let response = upgrade_response(key.as_bytes());
     if stream.write_all(response.as_bytes()).await.is_err() {
         return;
     }
-    let conn = Arc::new(RawConn { id, stream, out: Mutex::default(), offset: AtomicU64::new(0), wake: Notify::new() });
+    let conn = Arc::new(RawConn { id, stream, out: Mutex::default(), wake: Notify::new() });
     state.clients.lock().unwrap_or_else(|p| p.into_inner()).entry(client).or_default().push(conn.clone());
     run_conn(&conn).await;
     let mut clients = state.clients.lock().unwrap_or_else(|p| p.into_inner());
@@ -121,15 +110,7 @@ async fn serve(state: Arc<State>, mut stream: TcpStream) {
 
 /// Reads the request head; returns the `id` query parameter and the WebSocket key.
 async fn upgrade(stream: &mut TcpStream) -> Option<(i64, String)> {
-    let mut head = Vec::with_capacity(512);
-    let mut chunk = [0u8; 512];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = stream.read(&mut chunk).await.ok()?;
-        if n == 0 || head.len() > 8192 {
-            return None;
-        }
-        head.extend_from_slice(&chunk[..n]);
-    }
+    let head = read_head(stream).await.ok()?.head;
     let head = std::str::from_utf8(&head).ok()?;
     let mut lines = head.split("\r\n");
     let target = lines.next()?.split(' ').nth(1)?;
@@ -165,57 +146,27 @@ async fn run_conn(conn: &RawConn) {
 }
 
 impl RawConn {
-    /// Writes `frames` now as far as the kernel takes them; queues the rest.
+    fn outbox(&self) -> MutexGuard<'_, Outbox> {
+        self.out.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes `frames` now as far as the kernel takes them; queues the rest. Frames that
+    /// meet a socket error are dropped.
     fn send(&self, frames: &[Bytes]) {
-        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
-        let mut skip = 0;
-        if out.is_empty() {
-            match write_frames(&self.stream, frames.iter().map(|f| &f[..])) {
-                Ok(n) => skip = n,
-                Err(_) => return,
-            }
-        }
-        for frame in frames {
-            if skip >= frame.len() {
-                skip -= frame.len();
-                continue;
-            }
-            if out.is_empty() {
-                self.offset.store(skip as u64, Ordering::Relaxed);
-            }
-            skip = 0;
-            out.push_back(frame.clone());
-        }
-        if !out.is_empty() {
+        let mut out = self.outbox();
+        if out.offer(frames, &self.stream).is_ok() && !out.is_empty() {
             self.wake.notify_one();
         }
     }
 
-    /// Writes what is queued; `true` when nothing is left.
+    /// Writes what is queued; `true` when nothing is left (a failed socket's queue is
+    /// dropped).
     fn flush(&self) -> bool {
-        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
-        if out.is_empty() {
-            return true;
-        }
-        let first = self.offset.load(Ordering::Relaxed) as usize;
-        let frames = out.iter().enumerate().map(|(i, f)| if i == 0 { &f[first..] } else { &f[..] });
-        let Ok(mut written) = write_frames(&self.stream, frames) else {
+        let mut out = self.outbox();
+        out.flush(&self.stream).unwrap_or_else(|_| {
             out.clear();
-            return true;
-        };
-        written += first;
-        while let Some(front) = out.front() {
-            if written < front.len() {
-                break;
-            }
-            written -= front.len();
-            out.pop_front();
-        }
-        self.offset.store(written as u64, Ordering::Relaxed);
-        if out.is_empty() {
-            *out = VecDeque::new();
-        }
-        out.is_empty()
+            true
+        })
     }
 }
 
@@ -256,7 +207,7 @@ async fn control(state: Arc<State>, mut stream: TcpStream) {
             let mut target = [0u8; 8];
             target.copy_from_slice(&body[1..HEADER]);
             let audience = if body[0] == KIND_ALL { Audience::All } else { Audience::One(i64::from_le_bytes(target)) };
-            let frame = websocket::text_frame(&body[HEADER..]);
+            let frame = text_frame(&body[HEADER..]);
             match groups.last_mut() {
                 Some((last, frames)) if *last == audience => frames.push(frame),
                 _ => groups.push((audience, vec![frame])),

@@ -112,7 +112,7 @@ fn check_answer(head: &[u8]) -> Result<(), ConnectError> {
 
 /// A final masked client frame with `opcode` (only control frames are ever sent).
 pub fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    freeim::gateway::websocket::client_frame(0x80 | opcode, payload, MASK)
+    freeim::internals::client_frame(0x80 | opcode, payload, MASK)
 }
 
 /// What a connection saw in one read.
@@ -199,20 +199,20 @@ pub fn read_available(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use freeim::gateway::websocket;
+    use freeim::internals::{close_frame, ping_frame, text_frame, upgrade_response};
 
     #[test]
     fn the_fixed_key_is_answered_by_the_gateway_code() {
-        assert!(websocket::upgrade_response(KEY.as_bytes()).contains(ACCEPT));
+        assert!(upgrade_response(KEY.as_bytes()).contains(ACCEPT));
     }
 
     #[test]
     fn parses_the_gateway_frames_split_anywhere() {
         let mut wire = Vec::new();
-        wire.extend_from_slice(&websocket::text_frame(b"\"hi\""));
-        wire.extend_from_slice(&websocket::text_frame(&[b'a'; 300]));
-        wire.extend_from_slice(&websocket::ping_frame());
-        wire.extend_from_slice(&websocket::close_frame(1001, "bye"));
+        wire.extend_from_slice(&text_frame(b"\"hi\""));
+        wire.extend_from_slice(&text_frame(&[b'a'; 300]));
+        wire.extend_from_slice(&ping_frame());
+        wire.extend_from_slice(&close_frame(1001, "bye"));
         for split in 0..wire.len() {
             let mut seen = Vec::new();
             let mut record = |e: Event<'_>| {
