@@ -29,6 +29,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod durable;
 pub mod cluster_names;
 pub mod error;
 #[cfg(feature = "gateway")]
