@@ -233,11 +233,24 @@ pub(crate) struct LogRead {
 
 impl Backend {
     /// STUB
-    pub(crate) async fn log_open(&self, _log: &str, _meta: &str, fresh: crate::durable::Epoch, _fp: &str) -> Result<LogHead, BackendError> {
+    pub(crate) async fn log_open(
+        &self,
+        _log: &str,
+        _meta: &str,
+        fresh: crate::durable::Epoch,
+        _fp: &str,
+    ) -> Result<LogHead, BackendError> {
         Ok(LogHead { epoch: fresh, top: 0 })
     }
     /// STUB
-    pub(crate) async fn log_read(&self, _log: &str, _meta: &str, _from: u64, _to: u64, _count: usize) -> Result<LogRead, BackendError> {
+    pub(crate) async fn log_read(
+        &self,
+        _log: &str,
+        _meta: &str,
+        _from: u64,
+        _to: u64,
+        _count: usize,
+    ) -> Result<LogRead, BackendError> {
         Ok(LogRead { epoch: None, top: 0, entries: Vec::new() })
     }
     /// STUB
