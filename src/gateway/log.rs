@@ -269,7 +269,13 @@ impl NodeLog {
                     self.forget(node, "the new log could not be read", &mut items);
                 }
             }
-            Err(None) => self.forget(node, "the log could not be read", &mut items),
+            Err(None) => {
+                // The meta is gone (Redis restarted empty, say) or unreadable: open the log
+                // again, under a new epoch if it was lost.
+                self.forget(node, "the log's meta is gone or unreadable", &mut items);
+                self.epoch = None;
+                self.load(node).await;
+            }
         }
         items
     }
