@@ -43,16 +43,7 @@ pub struct ImClientOptions {
     /// Largest serialized message a send accepts ([`Error::MessageTooLarge`] beyond).
     /// Default [`DEFAULT_MAX_MESSAGE_BYTES`]; FreeIM has no limit.
     pub max_message_bytes: usize,
-    /// STUB
-    pub history_size: u64,
-    /// STUB
-    pub history_ttl: Duration,
 }
-
-/// STUB
-pub const DEFAULT_HISTORY_SIZE: u64 = 100_000;
-/// STUB
-pub const DEFAULT_HISTORY_TTL: Duration = Duration::from_secs(120);
 
 impl ImClientOptions {
     /// Defaults for the given node list.
@@ -64,8 +55,6 @@ impl ImClientOptions {
             public_hosts: Vec::new(),
             token_ttl: Duration::from_secs(10),
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
-            history_size: DEFAULT_HISTORY_SIZE,
-            history_ttl: DEFAULT_HISTORY_TTL,
         }
     }
 
@@ -187,10 +176,6 @@ impl ImClient {
     /// The key names of this deployment.
     pub fn keys(&self) -> &Keys {
         &self.shared.keys
-    }
-    /// STUB
-    pub(crate) fn log_fingerprint(&self) -> &str {
-        "0000000000000000"
     }
     /// The ordered node list.
     pub fn servers(&self) -> &[String] {

@@ -99,14 +99,6 @@ impl Keys {
     pub fn node_cleanup(&self, server: &str) -> String {
         format!("{}NodeCleanup{server}", self.prefix)
     }
-    /// STUB
-    pub fn log(&self, server: &str) -> String {
-        format!("{}Log{server}", self.prefix)
-    }
-    /// STUB
-    pub fn log_meta(&self, server: &str) -> String {
-        format!("{}LogMeta{server}", self.prefix)
-    }
 }
 
 /// The node that owns a client: `servers[id mod len]`.

@@ -211,52 +211,7 @@ macro_rules! delegate {
     };
 }
 
-/// STUB
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct LogHead {
-    pub epoch: crate::durable::Epoch,
-    pub top: u64,
-}
-/// STUB
-#[derive(Debug, Clone)]
-pub(crate) struct LogEntry {
-    pub offset: u64,
-    pub payload: Bytes,
-}
-/// STUB
-#[derive(Debug, Clone)]
-pub(crate) struct LogRead {
-    pub epoch: Option<crate::durable::Epoch>,
-    pub top: u64,
-    pub entries: Vec<LogEntry>,
-}
-
 impl Backend {
-    /// STUB
-    pub(crate) async fn log_open(
-        &self,
-        _log: &str,
-        _meta: &str,
-        fresh: crate::durable::Epoch,
-        _fp: &str,
-    ) -> Result<LogHead, BackendError> {
-        Ok(LogHead { epoch: fresh, top: 0 })
-    }
-    /// STUB
-    pub(crate) async fn log_read(
-        &self,
-        _log: &str,
-        _meta: &str,
-        _from: u64,
-        _to: u64,
-        _count: usize,
-    ) -> Result<LogRead, BackendError> {
-        Ok(LogRead { epoch: None, top: 0, entries: Vec::new() })
-    }
-    /// STUB
-    pub(crate) async fn log_trim(&self, _log: &str, _min: u64) -> Result<(), BackendError> {
-        Ok(())
-    }
     /// Runs `ops` in order (pipelined on Redis). Replies are ignored, as FreeIM does.
     pub async fn execute(&self, ops: Vec<Op>) -> Result<(), BackendError> {
         if ops.is_empty() {
