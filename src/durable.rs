@@ -102,7 +102,8 @@ impl Resume {
 
 /// A decimal offset: digits only, no leading zero (but `0` itself), at most [`MAX_OFFSET`].
 fn parse_offset(digits: &[u8]) -> Option<u64> {
-    let canonical = !digits.is_empty() && digits.iter().all(u8::is_ascii_digit) && (digits == b"0" || digits[0] != b'0');
+    let canonical =
+        !digits.is_empty() && digits.iter().all(u8::is_ascii_digit) && (digits == b"0" || digits[0] != b'0');
     if !canonical || digits.len() > 16 {
         return None;
     }

@@ -29,8 +29,8 @@
 
 pub mod backend;
 pub mod client;
-pub mod durable;
 pub mod cluster_names;
+pub mod durable;
 pub mod error;
 #[cfg(feature = "gateway")]
 pub mod gateway;
