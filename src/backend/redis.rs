@@ -15,7 +15,8 @@ use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, ErrorKind, FromRedisValue, RedisError, ServerErrorKind, Value};
 use sha1::{Digest, Sha1};
-use std::sync::LazyLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 /// How long one connection attempt to Redis may take.
@@ -28,6 +29,13 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct RedisBackend {
     client: redis::Client,
     conn: ConnectionManager,
+    /// Whether Redis is believed to have the append script cached, so that a pipeline may
+    /// name it by SHA-1 only. Until it is, the first append of a pipeline goes by text and
+    /// caches it for the ones after it, in the same pipeline: had they failed with
+    /// `NOSCRIPT` instead, their retry would come after the pipeline's other commands,
+    /// out of order. Cleared on any failed command: a Redis that was restarted (the
+    /// connection drops) has lost its scripts.
+    append_cached: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -48,25 +56,19 @@ impl RedisBackend {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
-        Ok(RedisBackend { client, conn })
+        Ok(RedisBackend { client, conn, append_cached: Arc::default() })
     }
 
-    /// One pipeline. An append whose script Redis does not know (`NOSCRIPT`: it restarted
-    /// or flushed its scripts) did nothing, so it is sent again by text, after the pipeline;
+    /// One pipeline, in order. An append that still meets `NOSCRIPT` (the scripts were
+    /// flushed while believed cached) did nothing, so it is sent again, after the pipeline;
     /// any other error is returned once the rest ran, as a pipeline does.
     pub(super) async fn execute(&self, ops: Vec<Op>) -> Result<(), BackendError> {
-        let mut pipe = redis::pipe();
-        for op in &ops {
-            pipe.add_command(command(op, By::Sha));
-        }
-        let replies: Vec<Value> = pipe.ignore_errors().query_async(&mut self.conn.clone()).await?;
-        let mut retry = redis::pipe();
+        let replies = self.pipeline(ops.iter()).await?;
+        let mut retry = Vec::new();
         let mut failed = None;
         for (op, reply) in ops.iter().zip(replies) {
             match reply {
-                Value::ServerError(e) if e.kind() == Some(ServerErrorKind::NoScript) => {
-                    retry.add_command(command(op, By::Text)).ignore();
-                }
+                Value::ServerError(e) if e.kind() == Some(ServerErrorKind::NoScript) => retry.push(op),
                 Value::ServerError(e) => {
                     failed.get_or_insert(e);
                 }
@@ -74,9 +76,37 @@ impl RedisBackend {
             }
         }
         if !retry.is_empty() {
-            retry.exec_async(&mut self.conn.clone()).await?;
+            self.append_cached.store(false, Ordering::Relaxed);
+            self.pipeline(retry.into_iter()).await?;
         }
         failed.map_or(Ok(()), |e| Err(RedisError::from(e).into()))
+    }
+
+    /// Sends `ops` as one pipeline and returns each reply (errors included); see
+    /// [`RedisBackend::append_cached`] for how appends name their script.
+    async fn pipeline<'a>(&self, ops: impl Iterator<Item = &'a Op>) -> Result<Vec<Value>, BackendError> {
+        let mut by = if self.append_cached.load(Ordering::Relaxed) { By::Sha } else { By::Text };
+        let mut pipe = redis::pipe();
+        let mut appends = false;
+        for op in ops {
+            pipe.add_command(command(op, by));
+            if let Op::LogAppend { .. } = op {
+                (by, appends) = (By::Sha, true);
+            }
+        }
+        let replies = self.forget_scripts_on(pipe.ignore_errors().query_async(&mut self.conn.clone()).await)?;
+        if appends {
+            self.append_cached.store(true, Ordering::Relaxed);
+        }
+        Ok(replies)
+    }
+
+    /// `result`, after clearing [`RedisBackend::append_cached`] if it failed.
+    fn forget_scripts_on<T>(&self, result: redis::RedisResult<T>) -> redis::RedisResult<T> {
+        if result.is_err() {
+            self.append_cached.store(false, Ordering::Relaxed);
+        }
+        result
     }
 
     pub(super) async fn eval(&self, script: Script, keys: Vec<String>, args: Vec<String>) -> Result<i64, BackendError> {
@@ -169,7 +199,7 @@ impl RedisBackend {
 
     /// Sends one command on the shared connection and converts its reply.
     async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, BackendError> {
-        Ok(cmd.query_async(&mut self.conn.clone()).await?)
+        Ok(self.forget_scripts_on(cmd.query_async(&mut self.conn.clone()).await)?)
     }
 
     pub(super) fn subscribe(&self, channels: Vec<String>) -> Subscription {
