@@ -99,6 +99,16 @@ impl Keys {
     pub fn node_cleanup(&self, server: &str) -> String {
         format!("{}NodeCleanup{server}", self.prefix)
     }
+    /// `{P}Log{server}` (ours): the node's durable log, a stream with entry ids
+    /// `<offset>-0` and one field `d`, the node-channel payload (see [`crate::durable`]).
+    pub fn log(&self, server: &str) -> String {
+        format!("{}Log{server}", self.prefix)
+    }
+    /// `{P}LogMeta{server}` (ours): the log's hash, `e` epoch, `s` top offset, `l` server-list
+    /// fingerprint. It has no TTL, so offsets never restart within an epoch.
+    pub fn log_meta(&self, server: &str) -> String {
+        format!("{}LogMeta{server}", self.prefix)
+    }
 }
 
 /// The node that owns a client: `servers[id mod len]`.
@@ -309,6 +319,8 @@ mod tests {
         assert_eq!(k.node_sockets("h:1"), "im_v2_wsNodeSocketsh:1");
         assert_eq!(k.node_lease("h:1"), "im_v2_wsNodeLeaseh:1");
         assert_eq!(k.node_cleanup("h:1"), "im_v2_wsNodeCleanuph:1");
+        assert_eq!(k.log("h:1"), "im_v2_wsLogh:1");
+        assert_eq!(k.log_meta("h:1"), "im_v2_wsLogMetah:1");
         assert_eq!(Keys::new("/chat/ws").prefix(), "im_v2_chat_ws");
     }
 

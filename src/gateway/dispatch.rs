@@ -246,7 +246,7 @@ fn plan_direct(node: &Node, message: &DirectMessage, logged: Option<&Entry>, pla
             let status = if online { protocol::RECEIPT_DELIVERED } else { protocol::RECEIPT_OFFLINE };
             node.metrics.receipt(online);
             let receipt = protocol::to_json(&Receipt { content: &message.content, receipt: status });
-            node.client.direct_ops(receiver, &[message.sender], &receipt, false, receipts);
+            node.client.direct_ops(receiver, &[message.sender], &receipt, false, false, receipts);
         }
     }
     if !group.is_empty() {
