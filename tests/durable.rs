@@ -169,26 +169,29 @@ async fn redis_restarted_empty_gives_a_new_epoch() {
     let durable = cluster.im.durable();
     let (ws, hello) = connect_durable(&cluster, 2, "").await;
     durable.send_message(1, &[2], "a", false).await.unwrap();
-    drop(durable);
+    let _ = durable;
     drop(ws);
     cluster.redis_mut().kill();
     cluster.redis_mut().restart(None);
     cluster.wait_live().await;
     // The first durable send after the restart makes a new epoch; the node follows it.
     eventually(Some(RECOVERY), || async { cluster.im.durable().send_message(1, &[3], "b", false).await.is_ok() }).await;
-    let url = durable_url(&cluster, 2, &position(&hello, offset(&hello) + 1)).await;
-    let again = eventually_hello(&url, hello["e"].as_str().unwrap()).await;
+    let resume = position(&hello, offset(&hello) + 1);
+    let again = eventually_hello(&cluster, &resume, hello["e"].as_str().unwrap()).await;
     assert_eq!(again["recovered"], false, "{again}");
     assert_ne!(again["e"], hello["e"]);
     cluster.shutdown().await;
 }
 
-/// Connects until the hello names an epoch other than `old`, and returns that hello.
-async fn eventually_hello(url_with_resume: &str, old: &str) -> Value {
+/// Connects client 2 until the hello names an epoch other than `old`, and returns that hello. A
+/// socket may also be closed with `log reset` instead, while the node learns the new epoch.
+async fn eventually_hello(cluster: &Cluster, resume: &str, old: &str) -> Value {
     let deadline = std::time::Instant::now() + RECOVERY;
     loop {
-        if let Ok(mut ws) = Ws::connect(url_with_resume).await {
-            let hello = frame(&mut ws).await;
+        if let Ok(mut ws) = Ws::connect(&durable_url(cluster, 2, resume).await).await
+            && let tokio_tungstenite::tungstenite::Message::Text(text) = ws.next_frame().await
+        {
+            let hello: Value = serde_json::from_str(&text).unwrap();
             if hello["e"] != old {
                 return hello;
             }

@@ -442,16 +442,20 @@ mod tests {
         Entry { offset, received_ms: 0, audience: Audience::Nobody, frame: Bytes::new() }
     }
 
-    fn log(window: std::ops::RangeInclusive<u64>, handled: u64) -> NodeLog {
+    /// A log whose window holds `len` entries ending at `handled`.
+    fn log(len: u64, handled: u64) -> NodeLog {
         NodeLog {
             log_key: String::new(),
             meta_key: String::new(),
             epoch: None,
             handled,
-            window: window.map(entry).collect(),
+            window: (handled + 1 - len..=handled).map(entry).collect(),
             capacity: 100,
         }
     }
+
+    /// A case: the log, the offset resumed after, the entries read from Redis, the replay.
+    type Case<'a> = (NodeLog, u64, &'a [Entry], Option<Vec<u64>>);
 
     fn offsets<'a>(entries: Option<impl Iterator<Item = &'a Entry>>) -> Option<Vec<u64>> {
         entries.map(|e| e.map(|e| e.offset).collect())
@@ -460,15 +464,15 @@ mod tests {
     #[test]
     fn replay_covers_the_gap_or_nothing() {
         let older: Vec<Entry> = (3..=4).map(entry).collect();
-        let cases: [(NodeLog, u64, &[Entry], Option<Vec<u64>>); 8] = [
-            (log(5..=8, 8), 8, &[], Some(vec![])),
-            (log(5..=8, 8), 6, &[], Some(vec![7, 8])),
-            (log(5..=8, 8), 4, &[], Some(vec![5, 6, 7, 8])),
-            (log(5..=8, 8), 3, &[], None),
-            (log(5..=8, 8), 2, &older, Some(vec![3, 4, 5, 6, 7, 8])),
-            (log(5..=8, 8), 1, &older, None),
-            (log(5..=8, 8), 9, &[], None),
-            (log(1..=0, 8), 8, &[], Some(vec![])),
+        let cases: [Case; 8] = [
+            (log(4, 8), 8, &[], Some(vec![])),
+            (log(4, 8), 6, &[], Some(vec![7, 8])),
+            (log(4, 8), 4, &[], Some(vec![5, 6, 7, 8])),
+            (log(4, 8), 3, &[], None),
+            (log(4, 8), 2, &older, Some(vec![3, 4, 5, 6, 7, 8])),
+            (log(4, 8), 1, &older, None),
+            (log(4, 8), 9, &[], None),
+            (log(0, 8), 8, &[], Some(vec![])),
         ];
         for (log, after, older, want) in cases {
             assert_eq!(offsets(log.replay(after, older)), want, "after {after}");
@@ -477,7 +481,7 @@ mod tests {
 
     #[test]
     fn the_window_is_contiguous_and_bounded() {
-        let mut log = log(1..=0, 0);
+        let mut log = log(0, 0);
         log.capacity = 3;
         for o in 1..=5 {
             log.record(entry(o));
