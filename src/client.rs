@@ -4,9 +4,14 @@
 //! reads and writes presence and channel membership, with the same Redis commands and Lua
 //! scripts as the reference, so a .NET `ImHelper` and this client can share one Redis.
 //! The gateway uses it too, for receipts and for leaving channels when a client goes away.
+//!
+//! Sends are at-most-once, as FreeIM's, unless made through [`ImClient::durable`]: then each
+//! node's publish is an append to that node's log that publishes in the same step, so a
+//! durable socket that reconnects gets what it missed (docs/PROTOCOL.md, "Durable sockets").
 
 use crate::backend::{Backend, Op, PubSubMessage, RedisBackend, SUBSCRIPTION_QUEUE, Script, Subscription};
 use crate::cluster_names::{DEFAULT_PATH, check_node_name, check_path};
+use crate::durable::Epoch;
 use crate::error::{Error, Result};
 use crate::protocol::{self, ChanMessage, ClientId, DirectMessage, Keys, NodeCommand, TokenValue};
 use bytes::Bytes;
@@ -22,6 +27,20 @@ use tokio::sync::{mpsc, watch};
 /// Default largest serialized message: 1 MiB. Every byte goes through Redis pub/sub once per
 /// node and is written to every receiving socket.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+
+/// Default bound of each node's durable log: 100,000 entries. Beyond it the oldest entries
+/// are dropped (Redis keeps up to one stream node more), and a resume that needed them gets
+/// `recovered:false`. About 116 bytes of Redis memory per 100-byte payload.
+pub const DEFAULT_HISTORY_SIZE: u64 = 100_000;
+
+/// Default lifetime of a node's durable log after its last durable send: 120 s. The owning
+/// node also trims entries older than this; a resume that needed them gets `recovered:false`.
+pub const DEFAULT_HISTORY_TTL: Duration = Duration::from_secs(120);
+
+/// FNV-1a 64-bit offset basis, for [`fingerprint`].
+const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+/// FNV-1a 64-bit prime.
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 
 /// How many `{P}Online` fields [`ImClient::clear_chan_client`] asks for per `HMGET`.
 const CLEAR_CHAN_BATCH: usize = 1000;
@@ -43,6 +62,12 @@ pub struct ImClientOptions {
     /// Largest serialized message a send accepts ([`Error::MessageTooLarge`] beyond).
     /// Default [`DEFAULT_MAX_MESSAGE_BYTES`]; FreeIM has no limit.
     pub max_message_bytes: usize,
+    /// Entries each node's durable log keeps at least (durable sends only); at least 1.
+    /// Default [`DEFAULT_HISTORY_SIZE`]. Give the nodes the same value.
+    pub history_size: u64,
+    /// How long a node's durable log lives after its last durable send; at least 1 s.
+    /// Default [`DEFAULT_HISTORY_TTL`]. Give the nodes the same value.
+    pub history_ttl: Duration,
 }
 
 impl ImClientOptions {
@@ -55,6 +80,8 @@ impl ImClientOptions {
             public_hosts: Vec::new(),
             token_ttl: Duration::from_secs(10),
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            history_size: DEFAULT_HISTORY_SIZE,
+            history_ttl: DEFAULT_HISTORY_TTL,
         }
     }
 
@@ -81,6 +108,12 @@ impl ImClientOptions {
         }
         if self.token_ttl < Duration::from_secs(1) {
             return bad("the token TTL must be at least 1 s".into());
+        }
+        if self.history_size == 0 {
+            return bad("the history size must be at least 1".into());
+        }
+        if self.history_ttl < Duration::from_secs(1) {
+            return bad("the history TTL must be at least 1 s".into());
         }
         Ok(())
     }
@@ -127,6 +160,12 @@ struct Shared {
     servers: Vec<String>,
     /// `{P}Server{server}` per server, in server order.
     server_channels: Vec<String>,
+    /// `{P}Log{server}` and `{P}LogMeta{server}` per server, in server order.
+    logs: Vec<(String, String)>,
+    /// [`fingerprint`] of the server list, written into each log's meta.
+    log_fingerprint: String,
+    history_size: u64,
+    history_ttl_ms: u64,
     max_message_bytes: usize,
     /// `{scheme}://{host}{path}?token=` per server, in server order.
     connect_bases: Vec<String>,
@@ -157,6 +196,10 @@ impl ImClient {
         let hosts = if options.public_hosts.is_empty() { &options.servers } else { &options.public_hosts };
         let shared = Shared {
             server_channels: options.servers.iter().map(|s| keys.server(s)).collect(),
+            logs: options.servers.iter().map(|s| (keys.log(s), keys.log_meta(s))).collect(),
+            log_fingerprint: fingerprint(&options.servers),
+            history_size: options.history_size,
+            history_ttl_ms: u64::try_from(options.history_ttl.as_millis()).unwrap_or(u64::MAX),
             connect_bases: hosts.iter().map(|h| format!("{}://{h}{}?token=", options.scheme, options.path)).collect(),
             max_message_bytes: options.max_message_bytes,
             backend,
@@ -190,6 +233,18 @@ impl ImClient {
         &self.shared.servers[self.node_of(client_id)]
     }
 
+    /// The fingerprint of the server list that the durable logs' metas record: a log written
+    /// for another list starts a new epoch.
+    pub(crate) fn log_fingerprint(&self) -> &str {
+        &self.shared.log_fingerprint
+    }
+
+    /// Durable sends: the same sends, each logged on its node so that durable sockets get
+    /// it after a reconnect. See [`Durable`].
+    pub fn durable(&self) -> Durable<'_> {
+        Durable { im: self }
+    }
+
     /// The index of the node that owns `client_id`.
     fn node_of(&self, client_id: ClientId) -> usize {
         protocol::node_index(client_id, self.shared.servers.len())
@@ -216,9 +271,20 @@ impl ImClient {
         message: &T,
         receipt: bool,
     ) -> Result<()> {
+        self.direct_message(sender, receivers, message, receipt, false).await
+    }
+
+    async fn direct_message<T: Serialize + ?Sized>(
+        &self,
+        sender: ClientId,
+        receivers: &[ClientId],
+        message: &T,
+        receipt: bool,
+        durable: bool,
+    ) -> Result<()> {
         let content = self.serialize(message)?;
         let mut ops = Vec::new();
-        self.direct_ops(sender, receivers, &content, receipt, &mut ops);
+        self.direct_ops(sender, receivers, &content, receipt, durable, &mut ops);
         Ok(self.shared.backend.execute(ops).await?)
     }
 
@@ -233,14 +299,15 @@ impl ImClient {
         Ok(content)
     }
 
-    /// Appends the publishes of one direct message to `ops` (the gateway batches receipts
-    /// this way).
+    /// Appends the publishes (logged appends when `durable`) of one direct message to `ops`
+    /// (the gateway batches receipts this way).
     pub(crate) fn direct_ops(
         &self,
         sender: ClientId,
         receivers: &[ClientId],
         content: &str,
         receipt: bool,
+        durable: bool,
         ops: &mut Vec<Op>,
     ) {
         let mut seen = HashSet::with_capacity(receivers.len());
@@ -257,7 +324,7 @@ impl ImClient {
             self.notify_send(node, sender, &receivers, None, content, receipt);
             let payload =
                 NodeCommand::Direct(DirectMessage { sender, receivers, content: content.to_owned(), receipt });
-            ops.push(self.publish_op(node, payload.encode()));
+            ops.push(self.node_op(node, payload.encode(), durable));
         }
     }
 
@@ -268,13 +335,13 @@ impl ImClient {
         chan: &str,
         message: &T,
     ) -> Result<()> {
-        self.chan_message(sender, Some(chan), message).await
+        self.chan_message(sender, Some(chan), message, false).await
     }
 
     /// Sends `message` to every connected client of every node (a channel message with a
     /// null channel, from the system).
     pub async fn send_broadcast_message<T: Serialize + ?Sized>(&self, message: &T) -> Result<()> {
-        self.chan_message(0, None, message).await
+        self.chan_message(0, None, message, false).await
     }
 
     async fn chan_message<T: Serialize + ?Sized>(
@@ -282,6 +349,7 @@ impl ImClient {
         sender: ClientId,
         chan: Option<&str>,
         message: &T,
+        durable: bool,
     ) -> Result<()> {
         let content = self.serialize(message)?;
         let message = ChanMessage { sender, chan: chan.map(Into::into), content };
@@ -289,20 +357,37 @@ impl ImClient {
         let mut ops = Vec::with_capacity(self.shared.servers.len());
         for node in 0..self.shared.servers.len() {
             self.notify_send(node, sender, &[], chan, &message.content, false);
-            ops.push(self.publish_op(node, payload.clone()));
+            ops.push(self.node_op(node, payload.clone(), durable));
         }
         Ok(self.shared.backend.execute(ops).await?)
     }
 
-    /// Closes every socket of `client_id` (close 1001, reason `disconnect`).
+    /// Closes every socket of `client_id` (close 1001, reason `disconnect`). Never logged:
+    /// a resume must not close the sockets again.
     pub async fn force_offline(&self, client_id: ClientId) -> Result<()> {
         let node = self.node_of(client_id);
-        let op = self.publish_op(node, NodeCommand::ForceOffline(client_id).encode());
+        let op = self.node_op(node, NodeCommand::ForceOffline(client_id).encode(), false);
         Ok(self.shared.backend.execute(vec![op]).await?)
     }
 
-    fn publish_op(&self, node: usize, payload: impl Into<Bytes>) -> Op {
-        Op::Publish { channel: self.shared.server_channels[node].clone(), payload: payload.into() }
+    /// Sends `payload` to `node`: a publish, or when `durable` an append to the node's log
+    /// that publishes it with its offset.
+    fn node_op(&self, node: usize, payload: impl Into<Bytes>, durable: bool) -> Op {
+        let channel = self.shared.server_channels[node].clone();
+        if !durable {
+            return Op::Publish { channel, payload: payload.into() };
+        }
+        let (log, meta) = self.shared.logs[node].clone();
+        Op::LogAppend {
+            log,
+            meta,
+            channel,
+            payloads: vec![payload.into()],
+            size: self.shared.history_size,
+            ttl_ms: self.shared.history_ttl_ms,
+            fresh_epoch: Epoch::random(),
+            fingerprint: self.log_fingerprint().to_owned(),
+        }
     }
 
     fn notify_send(
@@ -436,6 +521,56 @@ impl ImClient {
     }
 }
 
+/// Durable sends of an [`ImClient`], from [`ImClient::durable`]: the same sends (same
+/// payloads, de-duplication, grouping per node, [`ImClient::on_send`] hook and size limit),
+/// but each node's publish is an append to that node's log which publishes the message with
+/// its offset in the same atomic step. Durable sockets get these messages with their offset
+/// and, after a reconnect, the ones they missed; FreeIM sockets get byte-identical frames.
+///
+/// Costs Redis one script call per node per send (about 15–30 µs against 0.5 µs for a
+/// publish) and memory for up to `history_size` entries per node. Send durably only to our
+/// gateway nodes: a .NET `ImServer` does not understand the logged payload. Sends from a .NET
+/// `ImHelper` stay at-most-once: durable sockets get them without an offset, never replayed.
+#[derive(Debug, Clone, Copy)]
+pub struct Durable<'a> {
+    im: &'a ImClient,
+}
+
+impl Durable<'_> {
+    /// [`ImClient::send_message`], logged on each receiver's node.
+    pub async fn send_message<T: Serialize + ?Sized>(
+        &self,
+        sender: ClientId,
+        receivers: &[ClientId],
+        message: &T,
+        receipt: bool,
+    ) -> Result<()> {
+        self.im.direct_message(sender, receivers, message, receipt, true).await
+    }
+
+    /// [`ImClient::send_chan_message`], logged on every node.
+    pub async fn send_chan_message<T: Serialize + ?Sized>(
+        &self,
+        sender: ClientId,
+        chan: &str,
+        message: &T,
+    ) -> Result<()> {
+        self.im.chan_message(sender, Some(chan), message, true).await
+    }
+
+    /// [`ImClient::send_broadcast_message`], logged on every node.
+    pub async fn send_broadcast_message<T: Serialize + ?Sized>(&self, message: &T) -> Result<()> {
+        self.im.chan_message(0, None, message, true).await
+    }
+}
+
+/// A stable name of the server list (16 hex characters: FNV-1a 64 of the names joined by
+/// `,`), so that a log written for one list is not read with another (routing changed).
+fn fingerprint(servers: &[String]) -> String {
+    let hash = servers.join(",").bytes().fold(FNV_OFFSET_BASIS, |h, b| (h ^ u64::from(b)).wrapping_mul(FNV_PRIME));
+    format!("{hash:016x}")
+}
+
 /// Whether a `{P}Online` count field says online (a number above 0).
 fn count_is_positive(count: Option<&str>) -> bool {
     count.and_then(|c| c.parse::<i64>().ok()).unwrap_or(0) > 0
@@ -502,6 +637,32 @@ impl Stream for EventStream {
                 Ok(value) => return Poll::Ready(Some(PresenceEvent::Offline(value))),
                 Err(e) => tracing::warn!(error = %e, channel = %message.channel, "dropping malformed presence event"),
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_server_list_fingerprint_is_fnv1a_64_of_the_joined_names() {
+        let list = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert_eq!(fingerprint(&list(&[])), "cbf29ce484222325");
+        assert_eq!(fingerprint(&list(&["a"])), "af63dc4c8601ec8c");
+        let two = fingerprint(&list(&["127.0.0.1:6001", "127.0.0.1:6002"]));
+        assert_eq!(two.len(), 16);
+        assert_ne!(two, fingerprint(&list(&["127.0.0.1:6002", "127.0.0.1:6001"])));
+    }
+
+    #[test]
+    fn history_bounds_are_validated() {
+        let options =
+            |size, ttl| ImClientOptions { history_size: size, history_ttl: ttl, ..ImClientOptions::new(["a:1"]) };
+        let memory = || Backend::Memory(crate::backend::MemoryBackend::new());
+        assert!(ImClient::new(memory(), options(1, Duration::from_secs(1))).is_ok());
+        for bad in [options(0, DEFAULT_HISTORY_TTL), options(DEFAULT_HISTORY_SIZE, Duration::from_millis(999))] {
+            assert!(matches!(ImClient::new(memory(), bad), Err(Error::Options(_))));
         }
     }
 }

@@ -30,6 +30,7 @@
 pub mod backend;
 pub mod client;
 pub mod cluster_names;
+pub mod durable;
 pub mod error;
 #[cfg(feature = "gateway")]
 pub mod gateway;
@@ -37,6 +38,6 @@ pub mod gateway;
 pub mod internals;
 pub mod protocol;
 
-pub use client::{EventStream, ImClient, ImClientOptions, PresenceEvent, SendEvent};
+pub use client::{Durable, EventStream, ImClient, ImClientOptions, PresenceEvent, SendEvent};
 pub use error::{Error, Result};
 pub use protocol::ClientId;

@@ -95,9 +95,24 @@ impl Keys {
     pub fn node_lease(&self, server: &str) -> String {
         format!("{}NodeLease{server}", self.prefix)
     }
+    /// `{P}NodeAway{server}` (ours): client id → wall-clock milliseconds until which the
+    /// client keeps its channels, after its last socket (a durable one) closed on the node.
+    pub fn node_away(&self, server: &str) -> String {
+        format!("{}NodeAway{server}", self.prefix)
+    }
     /// `{P}NodeCleanup{server}` (ours): held by the one node cleaning up after a dead one.
     pub fn node_cleanup(&self, server: &str) -> String {
         format!("{}NodeCleanup{server}", self.prefix)
+    }
+    /// `{P}Log{server}` (ours): the node's durable log, a stream with entry ids
+    /// `<offset>-0` and one field `d`, the node-channel payload (see [`crate::durable`]).
+    pub fn log(&self, server: &str) -> String {
+        format!("{}Log{server}", self.prefix)
+    }
+    /// `{P}LogMeta{server}` (ours): the log's hash, `e` epoch, `s` top offset, `l` server-list
+    /// fingerprint. It has no TTL, so offsets never restart within an epoch.
+    pub fn log_meta(&self, server: &str) -> String {
+        format!("{}LogMeta{server}", self.prefix)
     }
 }
 
@@ -309,6 +324,8 @@ mod tests {
         assert_eq!(k.node_sockets("h:1"), "im_v2_wsNodeSocketsh:1");
         assert_eq!(k.node_lease("h:1"), "im_v2_wsNodeLeaseh:1");
         assert_eq!(k.node_cleanup("h:1"), "im_v2_wsNodeCleanuph:1");
+        assert_eq!(k.log("h:1"), "im_v2_wsLogh:1");
+        assert_eq!(k.log_meta("h:1"), "im_v2_wsLogMetah:1");
         assert_eq!(Keys::new("/chat/ws").prefix(), "im_v2_chat_ws");
     }
 

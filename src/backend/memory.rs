@@ -4,9 +4,16 @@
 //! error, each [`Op`] batch is applied under one lock (so FreeIM's scripts are atomic, as
 //! `EVAL` is), and pub/sub delivers to every current subscriber in publish order. A full
 //! subscriber queue makes the publisher wait (back-pressure) instead of dropping.
+//!
+//! Durable logs ([`super::log`]) are native: a queue of entries per log with an expiry
+//! deadline, their metas in the hashes as on Redis. The size bound is exact here (Redis keeps
+//! up to one stream node more).
 
+use super::log::{self, LogEntry, LogHead, LogRead, META_EPOCH, META_FINGERPRINT, META_TOP};
 use super::{BackendError, Op, PubSubMessage, SUBSCRIPTION_QUEUE, Script, Source, Subscription};
-use std::collections::HashMap;
+use crate::durable::{self, Epoch};
+use bytes::Bytes;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
@@ -25,6 +32,16 @@ struct State {
     /// has doubled since, so unused tokens cannot accumulate.
     swept_len: usize,
     hashes: HashMap<String, HashMap<String, String>>,
+    /// Durable logs (`{P}Log{node}`) by key; their metas are in `hashes`.
+    logs: HashMap<String, Log>,
+}
+
+/// One durable log: its entries, oldest first, offsets consecutive.
+#[derive(Debug)]
+struct Log {
+    entries: VecDeque<LogEntry>,
+    /// When it expires (`PEXPIRE` at each append); an expired log reads as missing.
+    expires: Instant,
 }
 
 impl State {
@@ -99,6 +116,72 @@ impl State {
         Ok(1)
     }
 
+    /// The append's first step: the epoch of `log`, with `fresh` started over it (the log
+    /// emptied) when its meta has no valid epoch or was written for another server list.
+    fn log_epoch(&mut self, log: &str, meta: &str, fresh: Epoch, fingerprint: &str) -> Epoch {
+        let current = self.hashes.get(meta).and_then(|hash| {
+            let epoch = Epoch::parse(hash.get(META_EPOCH)?.as_bytes())?;
+            (hash.get(META_FINGERPRINT)?.as_str() == fingerprint).then_some(epoch)
+        });
+        current.unwrap_or_else(|| {
+            self.reset_log(log, meta, fresh, fingerprint);
+            fresh
+        })
+    }
+
+    /// Empties `log` and gives its meta epoch `fresh`, top 0 and `fingerprint`.
+    fn reset_log(&mut self, log: &str, meta: &str, fresh: Epoch, fingerprint: &str) {
+        self.logs.remove(log);
+        let hash = self.hash(meta);
+        hash.insert(META_EPOCH.to_owned(), fresh.as_str().to_owned());
+        hash.insert(META_TOP.to_owned(), "0".to_owned());
+        hash.insert(META_FINGERPRINT.to_owned(), fingerprint.to_owned());
+    }
+
+    /// The append's second step: takes the next offsets, appends `payloads` at them, keeps the
+    /// last `size` entries and expires the log `ttl` after `now`. The first offset taken.
+    fn log_push(
+        &mut self,
+        log: &str,
+        meta: &str,
+        payloads: &[Bytes],
+        size: u64,
+        ttl: Duration,
+        now: Instant,
+    ) -> Result<u64, BackendError> {
+        let n = i64::try_from(payloads.len()).unwrap_or(i64::MAX);
+        let last = self.hincrby(meta, META_TOP, n)?;
+        let first = u64::try_from(last - n + 1).map_err(|_| BackendError::MalformedLogMeta { key: meta.to_owned() })?;
+        self.drop_expired(log, now);
+        let log = self.logs.entry(log.to_owned()).or_insert_with(|| Log { entries: VecDeque::new(), expires: now });
+        log.entries.extend((first..).zip(payloads).map(|(offset, p)| LogEntry { offset, payload: p.clone() }));
+        let keep = usize::try_from(size).unwrap_or(usize::MAX);
+        let excess = log.entries.len().saturating_sub(keep);
+        log.entries.drain(..excess);
+        log.expires = now + ttl;
+        Ok(first)
+    }
+
+    /// The head in `meta`; see [`log::meta_head`].
+    fn log_head(&self, meta: &str) -> Result<Option<LogHead>, BackendError> {
+        let hash = self.hashes.get(meta);
+        let field = |name: &str| hash.and_then(|h| h.get(name)).map(String::as_bytes);
+        log::meta_head(meta, field(META_EPOCH), field(META_TOP))
+    }
+
+    /// `log` unless it has expired.
+    fn live_log(&mut self, log: &str, now: Instant) -> Option<&mut Log> {
+        self.drop_expired(log, now);
+        self.logs.get_mut(log)
+    }
+
+    /// Removes `log` if it has expired, as Redis does when it is next touched.
+    fn drop_expired(&mut self, log: &str, now: Instant) {
+        if self.logs.get(log).is_some_and(|l| l.expires <= now) {
+            self.logs.remove(log);
+        }
+    }
+
     /// `SET`: `value` under `key` until `deadline`.
     fn set(&mut self, key: &str, value: &str, deadline: Instant) {
         self.strings.insert(key.to_owned(), (value.to_owned(), deadline));
@@ -132,6 +215,9 @@ impl MemoryBackend {
                     Op::HIncrBy { key, field, by } => {
                         state.hincrby(&key, &field, by)?;
                     }
+                    Op::HSet { key, field, value } => {
+                        state.hash(&key).insert(field, value);
+                    }
                     Op::HDel { key, fields } => {
                         for field in &fields {
                             state.hdel(&key, field);
@@ -139,6 +225,15 @@ impl MemoryBackend {
                     }
                     Op::Eval { script, keys, args } => {
                         state.eval(script, &keys, &args)?;
+                    }
+                    Op::LogAppend { log, meta, channel, payloads, size, ttl_ms, fresh_epoch, fingerprint } => {
+                        let epoch = state.log_epoch(&log, &meta, fresh_epoch, &fingerprint);
+                        let ttl = Duration::from_millis(ttl_ms);
+                        let first = state.log_push(&log, &meta, &payloads, size, ttl, Instant::now())?;
+                        publishes.extend((first..).zip(&payloads).map(|(offset, payload)| PubSubMessage {
+                            channel: channel.clone(),
+                            payload: durable::envelope(epoch, offset, payload).into(),
+                        }));
                     }
                 }
             }
@@ -223,6 +318,50 @@ impl MemoryBackend {
         Ok(entries.unwrap_or_default())
     }
 
+    pub(super) async fn log_open(
+        &self,
+        log: &str,
+        meta: &str,
+        fresh: Epoch,
+        fingerprint: &str,
+    ) -> Result<LogHead, BackendError> {
+        let mut state = self.state();
+        if let Some(head) = state.log_head(meta)? {
+            return Ok(head);
+        }
+        state.reset_log(log, meta, fresh, fingerprint);
+        Ok(LogHead { epoch: fresh, top: 0 })
+    }
+
+    pub(super) async fn log_read(
+        &self,
+        log: &str,
+        meta: &str,
+        from: u64,
+        to: u64,
+        count: usize,
+    ) -> Result<LogRead, BackendError> {
+        let mut state = self.state();
+        let head = log::or_lost(state.log_head(meta));
+        let entries = state.live_log(log, Instant::now()).map(|log| {
+            let wanted = log.entries.iter().skip_while(|e| e.offset < from).take_while(|e| e.offset <= to);
+            wanted.take(count).cloned().collect()
+        });
+        Ok(LogRead {
+            epoch: head.map(|h| h.epoch),
+            top: head.map_or(0, |h| h.top),
+            entries: entries.unwrap_or_default(),
+        })
+    }
+
+    pub(super) async fn log_trim(&self, log: &str, min_offset: u64) -> Result<(), BackendError> {
+        if let Some(log) = self.state().live_log(log, Instant::now()) {
+            let below = log.entries.iter().take_while(|e| e.offset < min_offset).count();
+            log.entries.drain(..below);
+        }
+        Ok(())
+    }
+
     pub(super) fn subscribe(&self, channels: Vec<String>) -> Subscription {
         let (tx, messages) = mpsc::channel(SUBSCRIPTION_QUEUE);
         let mut subs = lock(&self.subscribers);
@@ -242,4 +381,110 @@ impl MemoryBackend {
 /// consistent: keep serving.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LOG: &str = "L";
+    const META: &str = "M";
+    const CHANNEL: &str = "C";
+
+    fn append(payloads: &[&str], size: u64, ttl_ms: u64, fresh: Epoch, fingerprint: &str) -> Op {
+        Op::LogAppend {
+            log: LOG.into(),
+            meta: META.into(),
+            channel: CHANNEL.into(),
+            payloads: payloads.iter().map(|p| Bytes::from(p.to_string())).collect(),
+            size,
+            ttl_ms,
+            fresh_epoch: fresh,
+            fingerprint: fingerprint.into(),
+        }
+    }
+
+    async fn read(
+        memory: &MemoryBackend,
+        from: u64,
+        to: u64,
+        count: usize,
+    ) -> (Option<Epoch>, u64, Vec<(u64, String)>) {
+        let read = memory.log_read(LOG, META, from, to, count).await.unwrap();
+        let entries = read.entries.iter().map(|e| (e.offset, String::from_utf8(e.payload.to_vec()).unwrap()));
+        (read.epoch, read.top, entries.collect())
+    }
+
+    fn entries(items: &[(u64, &str)]) -> Vec<(u64, String)> {
+        items.iter().map(|(o, p)| (*o, p.to_string())).collect()
+    }
+
+    async fn meta(memory: &MemoryBackend) -> Vec<(String, String)> {
+        let mut fields = memory.hgetall(META).await.unwrap();
+        fields.sort();
+        fields
+    }
+
+    #[tokio::test]
+    async fn appends_take_consecutive_offsets_and_publish_envelopes() {
+        let memory = MemoryBackend::new();
+        let mut sub = memory.subscribe(vec![CHANNEL.into()]);
+        let e = Epoch::random();
+        memory
+            .execute(vec![append(&["a"], 10, 60_000, e, "f"), append(&["b", "c"], 10, 60_000, Epoch::random(), "f")])
+            .await
+            .unwrap();
+        let pairs =
+            |items: &[(&str, &str)]| items.iter().map(|(f, v)| (f.to_string(), v.to_string())).collect::<Vec<_>>();
+        assert_eq!(meta(&memory).await, pairs(&[("e", e.as_str()), ("l", "f"), ("s", "3")]));
+        assert_eq!(read(&memory, 0, u64::MAX, 100).await, (Some(e), 3, entries(&[(1, "a"), (2, "b"), (3, "c")])));
+        assert_eq!(read(&memory, 2, 2, 100).await.2, entries(&[(2, "b")]));
+        assert_eq!(read(&memory, 2, u64::MAX, 1).await.2, entries(&[(2, "b")]));
+        for (offset, payload) in [(1, "a"), (2, "b"), (3, "c")] {
+            let message = sub.recv().await.unwrap();
+            assert_eq!(message.payload, durable::envelope(e, offset, payload.as_bytes()));
+        }
+    }
+
+    #[tokio::test]
+    async fn open_creates_a_missing_meta_and_never_resets_one() {
+        let memory = MemoryBackend::new();
+        let e = Epoch::random();
+        assert_eq!(memory.log_open(LOG, META, e, "f").await.unwrap(), LogHead { epoch: e, top: 0 });
+        memory.execute(vec![append(&["a"], 10, 60_000, Epoch::random(), "f")]).await.unwrap();
+        let head = memory.log_open(LOG, META, Epoch::random(), "other list").await.unwrap();
+        assert_eq!(head, LogHead { epoch: e, top: 1 });
+        assert_eq!(read(&memory, 1, u64::MAX, 10).await, (Some(e), 1, entries(&[(1, "a")])));
+    }
+
+    #[tokio::test]
+    async fn another_server_list_or_a_malformed_meta_starts_a_new_epoch() {
+        let memory = MemoryBackend::new();
+        let (e1, e2, e3) = (Epoch::random(), Epoch::random(), Epoch::random());
+        memory.execute(vec![append(&["a", "b"], 10, 60_000, e1, "f")]).await.unwrap();
+        memory.execute(vec![append(&["c"], 10, 60_000, e2, "g")]).await.unwrap();
+        assert_eq!(read(&memory, 0, u64::MAX, 10).await, (Some(e2), 1, entries(&[(1, "c")])));
+
+        memory.state().hash(META).insert("e".into(), "NOT-AN-EPOCH".into());
+        assert!(matches!(memory.log_open(LOG, META, e3, "g").await, Err(BackendError::MalformedLogMeta { .. })));
+        assert_eq!(read(&memory, 0, u64::MAX, 10).await, (None, 0, entries(&[(1, "c")])));
+        memory.execute(vec![append(&["d"], 10, 60_000, e3, "g")]).await.unwrap();
+        assert_eq!(read(&memory, 0, u64::MAX, 10).await, (Some(e3), 1, entries(&[(1, "d")])));
+    }
+
+    #[tokio::test]
+    async fn size_trim_and_ttl_bound_the_log_but_not_the_meta() {
+        let memory = MemoryBackend::new();
+        let e = Epoch::random();
+        memory.execute(vec![append(&["1", "2", "3", "4", "5"], 3, 60_000, e, "f")]).await.unwrap();
+        assert_eq!(read(&memory, 0, u64::MAX, 10).await.2, entries(&[(3, "3"), (4, "4"), (5, "5")]));
+        memory.log_trim(LOG, 5).await.unwrap();
+        assert_eq!(read(&memory, 0, u64::MAX, 10).await.2, entries(&[(5, "5")]));
+
+        memory.execute(vec![append(&["6"], 3, 1, e, "f")]).await.unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+        assert_eq!(read(&memory, 0, u64::MAX, 10).await, (Some(e), 6, Vec::new()));
+        memory.execute(vec![append(&["7"], 3, 60_000, Epoch::random(), "f")]).await.unwrap();
+        assert_eq!(read(&memory, 0, u64::MAX, 10).await, (Some(e), 7, entries(&[(7, "7")])));
+    }
 }

@@ -2,21 +2,25 @@
 //! for the single-process mode and fast tests.
 //!
 //! The seam is a small subset of Redis itself (strings with a TTL, hashes, pub/sub and
-//! FreeIM's three Lua scripts) rather than FreeIM-level operations. Keys and payloads are
+//! FreeIM's three Lua scripts) rather than FreeIM-level operations, plus the durable log of
+//! each node ([`log`]: append, open, read, trim), which is ours. Keys and payloads are
 //! built once, in [`crate::protocol`] and [`crate::client`], so both backends store the very
 //! same bytes under the very same names, and the behaviour suite runs unchanged on both.
 //!
 //! Write-only commands whose replies FreeIM ignores are sent as a batch of [`Op`]s, which the
 //! Redis backend pipelines (one round trip) and the memory backend applies in order.
 
+mod log;
 mod memory;
 mod pubsub;
 mod redis;
 pub(crate) mod resp;
 
+use crate::durable::Epoch;
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
+pub use self::log::{LogEntry, LogHead, LogRead};
 pub use self::memory::MemoryBackend;
 pub use self::redis::RedisBackend;
 
@@ -40,6 +44,14 @@ pub enum BackendError {
         key: String,
         /// The field.
         field: String,
+    },
+    /// A node's log meta (`{P}LogMeta{node}`) has an epoch that is not 16 lowercase hex
+    /// characters, or no integer top. Writers start a new epoch over it at their next
+    /// durable send; until then the log cannot be opened.
+    #[error("log meta {key} holds no valid epoch and top")]
+    MalformedLogMeta {
+        /// The meta hash key.
+        key: String,
     },
 }
 
@@ -103,6 +115,15 @@ pub enum Op {
         /// The increment.
         by: i64,
     },
+    /// `HSET key field value`
+    HSet {
+        /// The hash key.
+        key: String,
+        /// The field.
+        field: String,
+        /// Its value.
+        value: String,
+    },
     /// `HDEL key field…`
     HDel {
         /// The hash key.
@@ -118,6 +139,32 @@ pub enum Op {
         keys: Vec<String>,
         /// Its ARGV.
         args: Vec<String>,
+    },
+    /// Logs `payloads` on a node and publishes each with its offset, in one atomic step
+    /// (see [`log`]): the node's meta gets a new epoch `fresh_epoch` (and the log is
+    /// emptied) when it is missing, malformed or written for another server list; the top
+    /// grows by one per payload; each payload is appended as entry `<offset>-0` (field `d`)
+    /// with the log bounded to about `size` entries, and published to `channel` as
+    /// [`envelope`](crate::durable::envelope)`(epoch, offset, payload)`; the log then
+    /// expires `ttl_ms` after this append. Consecutive appends to one log in a batch are
+    /// merged into one call.
+    LogAppend {
+        /// `{P}Log{node}`.
+        log: String,
+        /// `{P}LogMeta{node}`.
+        meta: String,
+        /// `{P}Server{node}`, the node's channel.
+        channel: String,
+        /// The FreeIM node-channel payloads, in order.
+        payloads: Vec<Bytes>,
+        /// How many entries the log keeps at least (Redis trims whole stream nodes beyond).
+        size: u64,
+        /// How long the log lives after its last append, in milliseconds.
+        ttl_ms: u64,
+        /// The epoch to start if a new one is needed.
+        fresh_epoch: Epoch,
+        /// The fingerprint of the writer's server list.
+        fingerprint: String,
     },
 }
 
@@ -217,6 +264,7 @@ impl Backend {
         if ops.is_empty() {
             return Ok(());
         }
+        let ops = log::merge_appends(ops);
         delegate!(self, b => b.execute(ops).await)
     }
     /// `EVAL script keys… args…`: the script's integer reply.
@@ -256,6 +304,36 @@ impl Backend {
     /// `HGETALL key`
     pub async fn hgetall(&self, key: &str) -> Result<Vec<(String, String)>, BackendError> {
         delegate!(self, b => b.hgetall(key).await)
+    }
+    /// Where the log `log` with meta `meta` stands, creating the meta (epoch `fresh`, top 0,
+    /// `fingerprint`) and emptying the log when the meta is missing. An existing meta is
+    /// never reset here (only writers reset it); a malformed one is
+    /// [`BackendError::MalformedLogMeta`].
+    pub async fn log_open(
+        &self,
+        log: &str,
+        meta: &str,
+        fresh: Epoch,
+        fingerprint: &str,
+    ) -> Result<LogHead, BackendError> {
+        delegate!(self, b => b.log_open(log, meta, fresh, fingerprint).await)
+    }
+    /// One atomic snapshot of a log: its epoch and top, and its entries with offsets in
+    /// `[from, to]` (`to` = `u64::MAX`: to the end), oldest first, at most `count`.
+    /// Entries that do not parse are skipped (logged).
+    pub async fn log_read(
+        &self,
+        log: &str,
+        meta: &str,
+        from: u64,
+        to: u64,
+        count: usize,
+    ) -> Result<LogRead, BackendError> {
+        delegate!(self, b => b.log_read(log, meta, from, to, count).await)
+    }
+    /// Drops the entries of `log` with offsets below `min_offset` (`XTRIM log MINID`).
+    pub async fn log_trim(&self, log: &str, min_offset: u64) -> Result<(), BackendError> {
+        delegate!(self, b => b.log_trim(log, min_offset).await)
     }
     /// Subscribes to `channels`; see [`Subscription`]. On Redis it connects when first read
     /// or made [`Subscription::ready`].

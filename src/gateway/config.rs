@@ -7,6 +7,7 @@
 //! (both handled by the binary's argument parser), then the `--config` file, then the
 //! defaults below.
 
+use crate::client::{DEFAULT_HISTORY_SIZE, DEFAULT_HISTORY_TTL};
 use crate::cluster_names::{DEFAULT_PATH, check_node_name, check_path};
 use serde::Deserialize;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -70,6 +71,11 @@ pub struct GatewayConfig {
     pub allowed_origins: Vec<String>,
     /// Serve `wss://` with this TLS configuration; `None`: plain `ws://`.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Durable messages kept in this node's log (a Redis stream trimmed to about this many
+    /// entries); a resume from before them is not recovered.
+    pub history_size: u64,
+    /// How long a durable message stays in this node's log.
+    pub history_ttl: Duration,
 }
 
 impl GatewayConfig {
@@ -243,6 +249,16 @@ settings! {
         #[cfg_attr(feature = "cli", arg(long, env = "FREEIM_TLS_KEY", value_name = "FILE",
             help = "PEM private key of --tls-cert"))]
         pub tls_key: Option<PathBuf>,
+        /// `--history-size`: see [`GatewayConfig::history_size`].
+        #[cfg_attr(feature = "cli", arg(long, env = "FREEIM_HISTORY_SIZE", value_name = "N",
+            help = with_default("Durable messages kept in this node's log; a resume from before them is \
+                not recovered", DEFAULT_HISTORY_SIZE)))]
+        pub history_size: Option<u64>,
+        /// `--history-ttl`: see [`GatewayConfig::history_ttl`].
+        #[cfg_attr(feature = "cli", arg(long, env = "FREEIM_HISTORY_TTL", value_name = "SECS",
+            help = with_default("Seconds a durable message stays in this node's log",
+                DEFAULT_HISTORY_TTL.as_secs())))]
+        pub history_ttl: Option<u64>,
     }
 }
 
@@ -297,7 +313,13 @@ impl Settings {
         if max_frames_per_sec == 0 {
             return Err(invalid("max-frames-per-sec", "must be at least 1"));
         }
+        let history_size = self.history_size.unwrap_or(DEFAULT_HISTORY_SIZE);
+        if history_size == 0 {
+            return Err(invalid("history-size", "must be at least 1"));
+        }
         Ok(GatewayConfig {
+            history_size,
+            history_ttl: seconds("history-ttl", self.history_ttl, DEFAULT_HISTORY_TTL.as_secs())?,
             allowed_origins: resolve_origins(self.allowed_origins)?,
             tls: resolve_tls(self.tls_cert, self.tls_key)?,
             max_connections: at_least_one("max-connections", self.max_connections, default_max_connections())?,

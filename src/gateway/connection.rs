@@ -50,6 +50,9 @@ pub(crate) enum CloseReason {
     FrameRate,
     /// The socket failed.
     IoError,
+    /// A durable socket whose node lost its log (a new epoch): 1001 `log reset`, so that it
+    /// resumes and learns it was not recovered.
+    LogReset,
 }
 
 impl CloseReason {
@@ -60,6 +63,7 @@ impl CloseReason {
             CloseReason::Shutdown => Some(websocket::close_frame(close_code::GOING_AWAY, "shutdown")),
             CloseReason::Violation(code, why) => Some(websocket::close_frame(code, why)),
             CloseReason::FrameRate => Some(websocket::close_frame(close_code::POLICY, "too many frames")),
+            CloseReason::LogReset => Some(websocket::close_frame(close_code::GOING_AWAY, "log reset")),
             CloseReason::PeerClosed | CloseReason::DeadPeer | CloseReason::IoError => None,
         }
     }
@@ -85,6 +89,23 @@ pub(crate) struct Conn {
     /// `heartbeat`).
     last_read: AtomicU64,
     ping_sent: AtomicU64,
+    /// For a durable socket (`resume`), the offset of the node's log it has been told
+    /// everything up to; `None` for a FreeIM socket. Boxed: FreeIM sockets carry 8 bytes.
+    durable: Option<Box<AtomicU64>>,
+}
+
+/// A durable socket's position before its hello: the dispatcher sends it nothing yet.
+const NOT_STARTED: u64 = u64::MAX;
+
+/// What a socket gets from the dispatcher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A FreeIM socket: the content bytes as the whole frame.
+    FreeIm,
+    /// A durable socket waiting for its hello: nothing yet.
+    Starting,
+    /// A durable socket after its hello, told everything up to this offset.
+    Durable(u64),
 }
 
 /// What the socket is to write, under one lock so that no frame is queued after the close
@@ -103,6 +124,7 @@ impl Conn {
         token_value: Bytes,
         stream: TcpStream,
         tls: Option<rustls::ServerConnection>,
+        durable: bool,
         now_ms: u64,
     ) -> Self {
         let tls = tls.map(|mut session| {
@@ -119,6 +141,24 @@ impl Conn {
             wake: Notify::new(),
             last_read: AtomicU64::new(now_ms),
             ping_sent: AtomicU64::new(now_ms),
+            durable: durable.then(|| Box::new(AtomicU64::new(NOT_STARTED))),
+        }
+    }
+
+    /// What this socket gets from the dispatcher.
+    pub(crate) fn kind(&self) -> Kind {
+        match self.durable.as_deref().map(|told| told.load(Ordering::Acquire)) {
+            None => Kind::FreeIm,
+            Some(NOT_STARTED) => Kind::Starting,
+            Some(told) => Kind::Durable(told),
+        }
+    }
+
+    /// Records that a durable socket has been told everything up to `offset` (its hello,
+    /// a message or a position frame); no-op on a FreeIM socket.
+    pub(crate) fn told(&self, offset: u64) {
+        if let Some(told) = &self.durable {
+            told.store(offset, Ordering::Release);
         }
     }
 

@@ -12,30 +12,64 @@
 //! offline writes what was planned before it, then closes.
 
 use super::Node;
-use super::connection::{CloseReason, Conn};
+use super::connection::{CloseReason, Conn, Kind};
+use super::log::{Entry, Item, NodeLog};
+use super::resume::{self, ResumeRequest};
 use super::websocket;
-use crate::backend::{Op, PubSubMessage, Subscription};
+use crate::backend::{Op, Subscription};
+use crate::durable;
 use crate::protocol::{self, ChanMessage, ClientId, DirectMessage, NodeCommand, Receipt};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
 
 /// Most node-channel messages handled as one batch.
 const MAX_BATCH: usize = 512;
+/// How often the dispatcher trims its log by age (and checks whether position frames are due).
+const LOG_TICK: Duration = Duration::from_secs(1);
 
-/// Consumes the node's subscription until shutdown.
-pub(crate) async fn run(node: Arc<Node>, mut subscription: Subscription) {
+/// Consumes the node's subscription until shutdown; between batches, serves resumes,
+/// catches up after a re-subscription, sends position frames and trims the log.
+pub(crate) async fn run(
+    node: Arc<Node>,
+    mut subscription: Subscription,
+    mut log: NodeLog,
+    mut resumes: mpsc::Receiver<ResumeRequest>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut subscribed = subscription.epoch();
+    let mut ticks = tokio::time::interval(LOG_TICK);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut positions_due = node.now_ms();
     loop {
-        let received = tokio::select! {
-            n = subscription.recv_many(&mut batch, MAX_BATCH) => n,
+        tokio::select! {
+            n = subscription.recv_many(&mut batch, MAX_BATCH) => {
+                if n == 0 {
+                    return;
+                }
+                let total = batch.len();
+                let items = log.accept(&node, batch.drain(..).map(|m| m.payload)).await;
+                dispatch(&node, &mut log, items, total).await;
+            }
+            Some(request) = resumes.recv() => resume::serve(&node, &log, request),
+            Ok(()) = subscribed.changed() => {
+                let items = log.catch_up(&node).await;
+                dispatch(&node, &mut log, items, 0).await;
+            }
+            _ = ticks.tick() => {
+                if !log.is_open() {
+                    log.load(&node).await;
+                }
+                log.trim(&node).await;
+                if node.now_ms() >= positions_due {
+                    resume::tell_positions(&node, &log);
+                    positions_due = node.now_ms() + node.config.ping_interval.as_millis() as u64;
+                }
+            }
             _ = node.shutdown.cancelled() => return,
-        };
-        if received == 0 {
-            return;
         }
-        dispatch(&node, &batch).await;
-        batch.clear();
     }
 }
 
@@ -48,72 +82,131 @@ enum Audience {
     Direct,
 }
 
-struct Group {
-    audience: Audience,
-    targets: Vec<Arc<Conn>>,
+/// Sockets and the frames they get, in order.
+#[derive(Default)]
+struct Targets {
+    conns: Vec<Arc<Conn>>,
     frames: Vec<Bytes>,
 }
 
-/// The writes of one batch, in order.
+struct Group {
+    audience: Audience,
+    /// FreeIM sockets: each message's content bytes as the whole frame.
+    freeim: Targets,
+    /// Durable sockets past their hello: `{"o":…,"d":…}` (or `{"d":…}` if not logged).
+    durable: Targets,
+    /// The last logged offset among the group's messages.
+    offset: Option<u64>,
+}
+
+impl Group {
+    fn new(audience: Audience) -> Self {
+        Group { audience, freeim: Targets::default(), durable: Targets::default(), offset: None }
+    }
+
+    /// Adds the sockets of one client (all of them: the sender rule is the caller's).
+    fn add(&mut self, conns: &[Arc<Conn>]) {
+        for conn in conns {
+            match conn.kind() {
+                Kind::FreeIm => self.freeim.conns.push(conn.clone()),
+                Kind::Durable(_) => self.durable.conns.push(conn.clone()),
+                Kind::Starting => {}
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.freeim.conns.is_empty() && self.durable.conns.is_empty()
+    }
+
+    /// Adds one message's frames: `content` for FreeIM sockets, the logged frame (or one
+    /// made now, unlogged) for durable ones.
+    fn push(&mut self, content: &str, logged: Option<&Entry>) {
+        if !self.freeim.conns.is_empty() {
+            self.freeim.frames.push(websocket::text_frame(content.as_bytes()));
+        }
+        if !self.durable.conns.is_empty() {
+            let frame = match logged {
+                Some(entry) => entry.frame.clone(),
+                None => websocket::text_frame(&durable::message(None, content.as_bytes())),
+            };
+            self.durable.frames.push(frame);
+        }
+        if let Some(entry) = logged {
+            self.offset = Some(entry.offset);
+        }
+    }
+}
+
+/// The writes of one batch, in order, and the logged messages to record once written.
 #[derive(Default)]
 struct Plan {
     groups: Vec<Group>,
+    logged: Vec<Entry>,
 }
 
 impl Plan {
     /// Writes every planned group, counting the frames handed to sockets and those lost
-    /// to overflowing queues.
-    fn write(&mut self, node: &Node) {
+    /// to overflowing queues; then records the logged messages in the node's window.
+    fn write(&mut self, node: &Node, log: &mut NodeLog) {
         let (mut frames, mut dropped) = (0, 0);
         for group in self.groups.drain(..) {
-            for conn in &group.targets {
-                dropped += conn.send(&group.frames, node.config.max_queue_bytes);
+            for targets in [&group.freeim, &group.durable] {
+                for conn in &targets.conns {
+                    dropped += conn.send(&targets.frames, node.config.max_queue_bytes);
+                }
+                frames += targets.conns.len() * targets.frames.len();
             }
-            frames += group.targets.len() * group.frames.len();
+            if let Some(offset) = group.offset {
+                group.durable.conns.iter().for_each(|conn| conn.told(offset));
+            }
         }
         node.metrics.frames_out(frames);
         node.metrics.queue_dropped(dropped);
+        for entry in self.logged.drain(..) {
+            log.record(entry);
+        }
     }
 }
 
-async fn dispatch(node: &Node, batch: &[PubSubMessage]) {
-    let commands: Vec<NodeCommand> = batch.iter().filter_map(parse).collect();
-    node.metrics.messages_in(batch.len(), batch.len() - commands.len());
-    let members = chan_members(node, &commands).await;
+/// Delivers `items` (from `received` node-channel messages) in order.
+async fn dispatch(node: &Node, log: &mut NodeLog, items: Vec<Item>, received: usize) {
+    let malformed = items.iter().filter(|i| i.command.is_none()).count();
+    node.metrics.messages_in(received, malformed);
+    if items.is_empty() {
+        return;
+    }
+    let members = chan_members(node, &items).await;
     let mut plan = Plan::default();
     let mut receipts = Vec::new();
-    for command in commands {
+    let now = node.now_ms();
+    for Item { offset, command } in items {
+        let logged = offset.map(|o| Entry::new(o, command.as_ref(), now));
         match command {
-            NodeCommand::ForceOffline(id) => {
-                plan.write(node);
+            Some(NodeCommand::ForceOffline(id)) => {
+                plan.write(node, log);
                 node.registry.with(id, |conns| conns.iter().for_each(|c| c.close(CloseReason::ForceOffline)));
             }
-            NodeCommand::Direct(message) => plan_direct(node, &message, &mut plan, &mut receipts),
-            NodeCommand::Chan(message) => plan_chan(node, message, &members, &mut plan),
+            Some(NodeCommand::Direct(message)) => {
+                plan_direct(node, &message, logged.as_ref(), &mut plan, &mut receipts)
+            }
+            Some(NodeCommand::Chan(message)) => plan_chan(node, message, logged.as_ref(), &members, &mut plan),
+            None => {}
         }
+        plan.logged.extend(logged);
     }
-    plan.write(node);
+    plan.write(node, log);
+    log.publish(node);
     if let Err(e) = node.client.backend().execute(receipts).await {
         tracing::warn!(error = %e, "could not publish receipts");
     }
 }
 
-fn parse(message: &PubSubMessage) -> Option<NodeCommand> {
-    match NodeCommand::parse(&message.payload) {
-        Ok(command) => Some(command),
-        Err(e) => {
-            let preview = String::from_utf8_lossy(&message.payload[..message.payload.len().min(200)]);
-            tracing::warn!(error = %e, payload = %preview, "dropping malformed node-channel message");
-            None
-        }
-    }
-}
-
 /// The member ids of every channel named in the batch, in one pipelined `HKEYS`.
-async fn chan_members(node: &Node, commands: &[NodeCommand]) -> HashMap<String, Vec<ClientId>> {
+async fn chan_members(node: &Node, items: &[Item]) -> HashMap<String, Vec<ClientId>> {
     let mut chans: Vec<&str> = Vec::new();
-    for command in commands {
-        if let NodeCommand::Chan(message) = command
+    for item in items {
+        if let Some(NodeCommand::Chan(message)) = &item.command
             && let Some(chan) = message.channel()
             && !chans.contains(&chan)
         {
@@ -132,57 +225,64 @@ async fn chan_members(node: &Node, commands: &[NodeCommand]) -> HashMap<String, 
     }
 }
 
-/// The sockets of `receiver` a message from `sender` goes to: none when the receiver is
-/// the sender on a single socket (a sender's other devices do get their own message).
-fn sockets_of(node: &Node, receiver: ClientId, sender: ClientId, targets: &mut Vec<Arc<Conn>>) -> bool {
+/// Adds the sockets of `receiver` a message from `sender` goes to: none when the receiver
+/// is the sender on a single socket (a sender's other devices do get their own message).
+/// Whether the receiver has a socket on this node.
+fn sockets_of(node: &Node, receiver: ClientId, sender: ClientId, group: &mut Group) -> bool {
     node.registry
         .with(receiver, |conns| {
             if receiver != sender || conns.len() > 1 {
-                targets.extend(conns.iter().cloned());
+                group.add(conns);
             }
         })
         .is_some()
 }
 
-fn plan_direct(node: &Node, message: &DirectMessage, plan: &mut Plan, receipts: &mut Vec<Op>) {
-    let mut targets = Vec::with_capacity(message.receivers.len());
+fn plan_direct(node: &Node, message: &DirectMessage, logged: Option<&Entry>, plan: &mut Plan, receipts: &mut Vec<Op>) {
+    let mut group = Group::new(Audience::Direct);
     for &receiver in &message.receivers {
-        let online = sockets_of(node, receiver, message.sender, &mut targets);
+        let online = sockets_of(node, receiver, message.sender, &mut group);
         if message.receipt && message.sender != 0 && receiver != message.sender {
             let status = if online { protocol::RECEIPT_DELIVERED } else { protocol::RECEIPT_OFFLINE };
             node.metrics.receipt(online);
             let receipt = protocol::to_json(&Receipt { content: &message.content, receipt: status });
-            node.client.direct_ops(receiver, &[message.sender], &receipt, false, receipts);
+            node.client.direct_ops(receiver, &[message.sender], &receipt, false, false, receipts);
         }
     }
-    if !targets.is_empty() {
-        let frames = vec![websocket::text_frame(message.content.as_bytes())];
-        plan.groups.push(Group { audience: Audience::Direct, targets, frames });
+    if !group.is_empty() {
+        group.push(&message.content, logged);
+        plan.groups.push(group);
     }
 }
 
-fn plan_chan(node: &Node, message: ChanMessage, members: &HashMap<String, Vec<ClientId>>, plan: &mut Plan) {
-    let frame = websocket::text_frame(message.content.as_bytes());
+fn plan_chan(
+    node: &Node,
+    message: ChanMessage,
+    logged: Option<&Entry>,
+    members: &HashMap<String, Vec<ClientId>>,
+    plan: &mut Plan,
+) {
     let sender = message.sender;
     let audience = Audience::Chan { chan: message.channel().map(str::to_owned), sender };
     if let Some(last) = plan.groups.last_mut()
         && last.audience == audience
     {
-        last.frames.push(frame);
+        last.push(&message.content, logged);
         return;
     }
-    let mut targets = Vec::new();
-    match &audience {
+    let mut group = Group::new(audience);
+    match &group.audience {
         Audience::Chan { chan: Some(chan), .. } => {
             for &member in members.get(chan).map(Vec::as_slice).unwrap_or_default() {
-                sockets_of(node, member, sender, &mut targets);
+                sockets_of(node, member, sender, &mut group);
             }
         }
         _ => node.registry.for_each(|id, conns| {
             if id != sender || conns.len() > 1 {
-                targets.extend(conns.iter().cloned());
+                group.add(conns);
             }
         }),
     }
-    plan.groups.push(Group { audience, targets, frames: vec![frame] });
+    group.push(&message.content, logged);
+    plan.groups.push(group);
 }

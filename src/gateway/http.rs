@@ -12,6 +12,7 @@ use super::Node;
 use super::metrics::Refusal;
 use super::registry::{ClientReservation, Reservation};
 use super::websocket;
+use crate::durable::Resume;
 use crate::protocol::{self, ClientId, TokenValue};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -69,6 +70,8 @@ pub(super) struct Upgrade<'n> {
     pub(super) admitted: Admitted,
     pub(super) place: ClientReservation<'n>,
     pub(super) leftover: Vec<u8>,
+    /// `Some` for a durable socket (`resume` in the query).
+    pub(super) resume: Option<Resume>,
 }
 
 /// A validated token: its raw JSON (published again with events) and client id.
@@ -97,10 +100,10 @@ pub(super) async fn handshake<'n, S: AsyncRead + AsyncWrite + Unpin>(
         _ => Answer::Refused(Refused::BadRequest("malformed HTTP request")),
     };
     let reply = match answer {
-        Answer::Upgrade(Accepted { key, admitted, place }) => {
+        Answer::Upgrade(Accepted { key, admitted, place, resume }) => {
             let response = websocket::upgrade_response(key.as_bytes());
             stream.write_all(response.as_bytes()).await.ok()?;
-            return Some(Upgrade { admitted, place, leftover });
+            return Some(Upgrade { admitted, place, leftover, resume });
         }
         Answer::Health => health(node),
         Answer::Metrics => metrics(node),
@@ -128,6 +131,7 @@ struct Accepted<'n, 'r> {
     key: &'r str,
     admitted: Admitted,
     place: ClientReservation<'n>,
+    resume: Option<Resume>,
 }
 
 /// Why a request is refused; decides the HTTP status and the body.
@@ -167,7 +171,7 @@ fn health(node: &Node) -> String {
 
 /// The `/metrics` answer.
 fn metrics(node: &Node) -> String {
-    let body = node.metrics.render(node.registry.len(), *node.live.borrow());
+    let body = node.metrics.render(node.registry.len(), *node.live.borrow(), &node.log_gauge);
     response(200, "OK", "text/plain; version=0.0.4", &body)
 }
 
@@ -203,9 +207,11 @@ async fn upgrade<'n, 'r>(
     query: &str,
 ) -> Result<Accepted<'n, 'r>, Refused> {
     let key = upgrade_key(node, request)?;
+    // Checked before the token, which a bad request must not spend.
+    let resume = durable_resume(node, query)?;
     // The node's place is taken before the token lookup, which a full node must not spend.
     let place = reserve_node(node)?;
-    let token = query.split('&').find_map(|pair| pair.strip_prefix("token=")).unwrap_or("");
+    let token = query_value(query, "token").unwrap_or("");
     let admitted = match token {
         "" => Err(Refused::Unauthorized("missing token")),
         t if !protocol::is_token_shaped(t) => Err(Refused::Unauthorized("invalid token")),
@@ -216,7 +222,30 @@ async fn upgrade<'n, 'r>(
     }
     let admitted = admitted?;
     let place = reserve_client(node, place, admitted.client_id)?;
-    Ok(Accepted { key, admitted, place })
+    Ok(Accepted { key, admitted, place, resume })
+}
+
+/// The first value of `name` in a query string (`name` alone: empty), still encoded.
+fn query_value<'q>(query: &'q str, name: &str) -> Option<&'q str> {
+    query.split('&').find_map(|pair| match pair.split_once('=') {
+        Some((key, value)) if key == name => Some(value),
+        None if pair == name => Some(""),
+        _ => None,
+    })
+}
+
+/// The `resume` of a durable socket: 400 when malformed, 503 while the node's log is not open.
+fn durable_resume(node: &Node, query: &str) -> Result<Option<Resume>, Refused> {
+    let Some(value) = query_value(query, "resume") else {
+        return Ok(None);
+    };
+    let resume = Resume::parse(value).map_err(|_| Refused::BadRequest("invalid resume"))?;
+    if !node.log_gauge.is_ready() {
+        tracing::warn!("durable upgrade refused: the node's log is not open (Redis unreachable?)");
+        node.metrics.refused(Refusal::Unavailable);
+        return Err(Refused::Unavailable("durable log unavailable"));
+    }
+    Ok(Some(resume))
 }
 
 /// The `Sec-WebSocket-Key` of a valid upgrade request from an allowed origin.

@@ -9,7 +9,8 @@
 use super::config::HANDSHAKE_TIMEOUT;
 use super::connection::{self, Conn};
 use super::http::{self, Admitted, Upgrade};
-use super::{Node, presence};
+use super::{Node, presence, resume};
+use crate::durable::Resume;
 use bytes::Bytes;
 use rustls::ServerConnection;
 use std::net::SocketAddr;
@@ -63,7 +64,7 @@ async fn handle(node: Arc<Node>, stream: TcpStream, peer: SocketAddr) {
         let (stream, session, upgrade) = accept(&node, stream).await?;
         Some(register(&node, stream, session, upgrade))
     };
-    let (conn, leftover) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, Box::pin(accepted)).await {
+    let (conn, leftover, resume) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, Box::pin(accepted)).await {
         Ok(Some(registered)) => registered,
         Ok(None) => return,
         Err(_) => {
@@ -76,7 +77,7 @@ async fn handle(node: Arc<Node>, stream: TcpStream, peer: SocketAddr) {
     }
     node.metrics.connected();
     tracing::debug!(conn = conn.id, client = conn.client_id, %peer, "connected");
-    Box::pin(presence::online(&node, &conn)).await;
+    Box::pin(online(&node, &conn, resume)).await;
     let reason = connection::serve(&node, &conn, &leftover).await;
     node.registry.remove(&conn);
     Box::pin(presence::offline(&node, &conn)).await;
@@ -84,19 +85,29 @@ async fn handle(node: Arc<Node>, stream: TcpStream, peer: SocketAddr) {
     tracing::debug!(conn = conn.id, client = conn.client_id, ?reason, "disconnected");
 }
 
-/// The socket of an accepted upgrade, registered in the places its upgrade reserved; and
-/// the bytes read past its request head.
+/// The socket of an accepted upgrade, registered in the places its upgrade reserved; the
+/// bytes read past its request head; and its resume, for a durable socket.
 fn register(
     node: &Node,
     stream: TcpStream,
     session: Option<ServerConnection>,
     upgrade: Upgrade<'_>,
-) -> (Arc<Conn>, Vec<u8>) {
+) -> (Arc<Conn>, Vec<u8>, Option<Resume>) {
     let id = node.next_conn_id.fetch_add(1, Ordering::Relaxed);
-    let Upgrade { admitted: Admitted { json, client_id }, place, leftover } = upgrade;
-    let conn = Arc::new(Conn::new(id, client_id, Bytes::from(json), stream, session, node.now_ms()));
+    let Upgrade { admitted: Admitted { json, client_id }, place, leftover, resume } = upgrade;
+    let durable = resume.is_some();
+    let conn = Arc::new(Conn::new(id, client_id, Bytes::from(json), stream, session, durable, node.now_ms()));
     node.registry.insert(place, conn.clone());
-    (conn, leftover)
+    (conn, leftover, resume)
+}
+
+/// Announces the socket online, then hands a durable socket to the dispatcher for its
+/// hello (see `resume`).
+async fn online(node: &Node, conn: &Arc<Conn>, resume: Option<Resume>) {
+    presence::online(node, conn).await;
+    if let Some(resume) = resume {
+        resume::request(node, conn, resume).await;
+    }
 }
 
 /// The TLS handshake when configured, then the HTTP upgrade; the socket, its TLS session

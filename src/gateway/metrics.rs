@@ -8,6 +8,8 @@
 //! from misbehaving clients, and how much was lost.
 
 use super::connection::CloseReason;
+use super::log::LogGauge;
+use super::resume::Outcome;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -23,11 +25,12 @@ enum Disconnect {
     Violation,
     Limit,
     Error,
+    LogReset,
 }
 
 impl Disconnect {
     /// Every variant, in declaration order (the order of `/metrics` lines).
-    const ALL: [Disconnect; 8] = [
+    const ALL: [Disconnect; 9] = [
         Disconnect::Closed,
         Disconnect::Kicked,
         Disconnect::SlowConsumer,
@@ -36,6 +39,7 @@ impl Disconnect {
         Disconnect::Violation,
         Disconnect::Limit,
         Disconnect::Error,
+        Disconnect::LogReset,
     ];
 
     fn label(self) -> &'static str {
@@ -48,6 +52,7 @@ impl Disconnect {
             Disconnect::Violation => "violation",
             Disconnect::Limit => "limit",
             Disconnect::Error => "error",
+            Disconnect::LogReset => "log_reset",
         }
     }
 }
@@ -63,6 +68,7 @@ impl From<CloseReason> for Disconnect {
             CloseReason::Violation(..) => Disconnect::Violation,
             CloseReason::FrameRate => Disconnect::Limit,
             CloseReason::IoError => Disconnect::Error,
+            CloseReason::LogReset => Disconnect::LogReset,
         }
     }
 }
@@ -132,6 +138,9 @@ pub(crate) struct Metrics {
     redis_resubscribes: AtomicU64,
     lease_cleanups: AtomicU64,
     lease_cleaned_sockets: AtomicU64,
+    resumes: [AtomicU64; Outcome::ALL.len()],
+    replayed_frames: AtomicU64,
+    gap_fills: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64, by: u64) {
@@ -182,8 +191,22 @@ impl Metrics {
         bump(&self.lease_cleaned_sockets, sockets as u64);
     }
 
+    /// A durable socket got its hello.
+    pub(crate) fn resumed(&self, outcome: Outcome) {
+        bump(&self.resumes[outcome as usize], 1);
+    }
+    /// Messages replayed to a resuming socket.
+    pub(crate) fn replayed(&self, frames: usize) {
+        bump(&self.replayed_frames, frames as u64);
+    }
+    /// The node read its log to fill a gap in what it received (or to catch up after a
+    /// re-subscription).
+    pub(crate) fn gap_fill(&self) {
+        bump(&self.gap_fills, 1);
+    }
+
     /// The Prometheus text exposition, with the gauges given by the caller.
-    pub(crate) fn render(&self, connections: usize, live: bool) -> String {
+    pub(crate) fn render(&self, connections: usize, live: bool, log: &LogGauge) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut text = Exposition(String::with_capacity(2048));
         text.metric("freeim_connections", "gauge", "Open WebSocket connections.", &[("", connections as u64)]);
@@ -249,6 +272,31 @@ impl Metrics {
             "Sockets of dead nodes closed by this node's cleanups.",
             &[("", get(&self.lease_cleaned_sockets))],
         );
+        let resumes: Vec<(String, u64)> = Outcome::ALL
+            .iter()
+            .map(|&o| (format!("{{result=\"{}\"}}", o.label()), get(&self.resumes[o as usize])))
+            .collect();
+        text.metric("freeim_resumes_total", "counter", "Durable sockets' hellos by result.", &resumes);
+        text.metric(
+            "freeim_replayed_frames_total",
+            "counter",
+            "Messages replayed to resuming durable sockets.",
+            &[("", get(&self.replayed_frames))],
+        );
+        text.metric(
+            "freeim_log_gap_fills_total",
+            "counter",
+            "Reads of the node's durable log to fill what the subscription missed.",
+            &[("", get(&self.gap_fills))],
+        );
+        let window = if log.first() == 0 { 0 } else { log.top() + 1 - log.first() };
+        text.metric("freeim_log_top_offset", "gauge", "Highest offset of the durable log handled.", &[("", log.top())]);
+        text.metric(
+            "freeim_log_window_entries",
+            "gauge",
+            "Durable log entries the node keeps in memory for resumes.",
+            &[("", window)],
+        );
         text.0
     }
 }
@@ -276,7 +324,12 @@ mod tests {
         m.frames_out(10);
         m.receipt(false);
         m.lease_cleanup(4);
-        let text = m.render(7, true);
+        m.resumed(Outcome::Recovered);
+        m.resumed(Outcome::Recovered);
+        m.resumed(Outcome::New);
+        m.replayed(5);
+        m.gap_fill();
+        let text = m.render(7, true, &LogGauge::default());
         for line in [
             "# TYPE freeim_connections gauge",
             "freeim_connections 7",
@@ -294,6 +347,13 @@ mod tests {
             "freeim_receipts_total{status=\"offline\"} 1",
             "freeim_lease_cleanups_total 1",
             "freeim_lease_cleaned_sockets_total 4",
+            "freeim_resumes_total{result=\"recovered\"} 2",
+            "freeim_resumes_total{result=\"not_recovered\"} 0",
+            "freeim_resumes_total{result=\"new\"} 1",
+            "freeim_replayed_frames_total 5",
+            "freeim_log_gap_fills_total 1",
+            "freeim_log_top_offset 0",
+            "freeim_log_window_entries 0",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

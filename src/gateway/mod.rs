@@ -4,7 +4,8 @@
 //! - `listener`: accepts TCP, then runs each socket's task: its HTTP request (`http`:
 //!   `/healthz`, `/metrics`, or the upgrade of `/ws?token=…` after the token lookup), its
 //!   frames (`connection`, writing through an `outbox`) and its presence (`presence`);
-//! - `dispatch`: consumes the node channel `{P}Server{server}` and writes frames;
+//! - `dispatch`: consumes the node channel `{P}Server{server}` and writes frames; it also
+//!   owns the node's durable log (`log`) and serves durable sockets' resumes (`resume`);
 //! - `heartbeat`: pings sockets and closes dead peers;
 //! - shutdown ([`Gateway::shutdown`]): stop accepting, close every socket with 1001, run
 //!   each close path, and wait for them within the drain timeout.
@@ -19,24 +20,28 @@ mod heartbeat;
 pub(crate) mod http;
 mod lease;
 pub(crate) mod listener;
+mod log;
 mod metrics;
 pub(crate) mod outbox;
 mod presence;
 mod registry;
+mod resume;
 mod tls;
 pub(crate) mod websocket;
 
 pub use self::config::{ConfigError, GatewayConfig, Settings};
 use self::connection::CloseReason;
+use self::log::{LogGauge, NodeLog};
 use self::metrics::Metrics;
 use self::registry::Registry;
+use self::resume::{RESUME_QUEUE, ResumeRequest};
 use crate::backend::Backend;
 use crate::client::{ImClient, ImClientOptions};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Instant;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -69,6 +74,8 @@ pub(crate) struct Node {
     pub(crate) metrics: Metrics,
     /// `{P}NodeSockets{server}`: this node's socket records (see `presence`).
     pub(crate) sockets_key: String,
+    /// `{P}NodeAway{server}`: clients whose last durable socket closed here (see `presence`).
+    pub(crate) away_key: String,
     /// Whether the node-channel subscription is established (`/healthz`).
     pub(crate) live: watch::Receiver<bool>,
     /// How many times it has been established (presence is restored on each new one).
@@ -80,6 +87,10 @@ pub(crate) struct Node {
     /// Socket ids: the start time in seconds in the high 32 bits and a counter in the low
     /// ones, so a restarted node never reuses an id of its previous run.
     pub(crate) next_conn_id: AtomicU64,
+    /// Where the durable log is, as the dispatcher last published it.
+    pub(crate) log_gauge: LogGauge,
+    /// Durable sockets waiting for their hello, to the dispatcher (see `resume`).
+    pub(crate) resumes: mpsc::Sender<ResumeRequest>,
     clock: Instant,
 }
 
@@ -101,14 +112,23 @@ pub struct Gateway {
 impl Gateway {
     /// Binds the listen address, subscribes to the node channel and starts serving.
     pub async fn start(config: GatewayConfig, backend: Backend) -> Result<Gateway, GatewayError> {
-        let options = ImClientOptions { path: config.path.clone(), ..ImClientOptions::new(config.servers.clone()) };
+        let options = ImClientOptions {
+            path: config.path.clone(),
+            history_size: config.history_size,
+            history_ttl: config.history_ttl,
+            ..ImClientOptions::new(config.servers.clone())
+        };
         let client = ImClient::new(backend, options)?;
         let listener =
             listener::bind(config.listen).map_err(|source| GatewayError::Bind { addr: config.listen, source })?;
         let local_addr = listener.local_addr().map_err(|source| GatewayError::Bind { addr: config.listen, source })?;
         let mut subscription = client.backend().subscribe(vec![client.keys().server(&config.server)]);
         let sockets_key = client.keys().node_sockets(&config.server);
+        let away_key = client.keys().node_away(&config.server);
+        let (resumes, resume_requests) = mpsc::channel(RESUME_QUEUE);
         let node = Arc::new(Node {
+            log_gauge: LogGauge::default(),
+            resumes,
             live: subscription.live(),
             epoch: subscription.epoch(),
             config,
@@ -116,6 +136,7 @@ impl Gateway {
             registry: Registry::default(),
             metrics: Metrics::default(),
             sockets_key,
+            away_key,
             shutdown: CancellationToken::new(),
             connections: TaskTracker::new(),
             next_conn_id: AtomicU64::new(first_conn_id()),
@@ -125,15 +146,20 @@ impl Gateway {
         // to the others, which then clean up its live clients' presence), and undo the
         // presence a previous run of this node left behind (the lease task retries both if
         // the backend cannot be reached now).
+        // The durable log is opened once subscribed, so that nothing logged after the top it
+        // reads can be missed (the dispatcher opens it later if Redis cannot be reached now).
+        let mut log = NodeLog::new(&node);
         let startup = async {
-            subscription.ready().await;
+            if subscription.ready().await {
+                log.load(&node).await;
+            }
             lease::take(&node).await;
             lease::clean_own(&node).await
         };
         let _ = tokio::time::timeout(STARTUP_CLEANUP_TIMEOUT, startup).await;
         let tasks = TaskTracker::new();
         tasks.spawn(listener::run(node.clone(), listener));
-        tasks.spawn(dispatch::run(node.clone(), subscription));
+        tasks.spawn(dispatch::run(node.clone(), subscription, log, resume_requests));
         tasks.spawn(heartbeat::run(node.clone()));
         tasks.spawn(lease::run(node.clone()));
         tracing::info!(server = %node.config.server, %local_addr, path = %node.config.path, "gateway listening");
