@@ -293,7 +293,8 @@ impl Settings {
     pub fn resolve(mut self) -> Result<(String, GatewayConfig), ConfigError> {
         let redis = self.redis.take().ok_or(ConfigError::Missing("redis"))?;
         redis::Client::open(redis.as_str())
-            .map_err(|e| invalid("redis", format!("{redis:?} is not a Redis URL: {e}")))?;
+            // The URL is not echoed: it may hold a password.
+            .map_err(|e| invalid("redis", format!("not a Redis URL (redis://[:PASSWORD@]HOST:PORT/DB): {e}")))?;
         Ok((redis, self.resolve_gateway()?))
     }
 
@@ -437,6 +438,15 @@ mod tests {
         );
         let (_, c) = cli.or(file).resolve().unwrap();
         assert_eq!((c.ping_interval.as_secs(), c.pong_timeout.as_secs()), (5, 7));
+    }
+
+    #[test]
+    fn a_bad_redis_url_is_not_echoed() {
+        let err = settings("redis = 'http://user:s3cret@h'\nserver = '127.0.0.1:1'\nservers = '127.0.0.1:1'")
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("--redis: not a Redis URL") && !err.contains("s3cret"), "{err}");
     }
 
     #[test]

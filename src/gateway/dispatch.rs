@@ -58,7 +58,8 @@ pub(crate) async fn run(
                 let items = log.catch_up(&node).await;
                 dispatch(&node, &mut log, items, 0).await;
             }
-            _ = ticks.tick() => {
+            // Not while re-subscribing: that would cut its connect and backoff short.
+            _ = ticks.tick(), if subscription.is_live() => {
                 if !log.is_open() {
                     log.load(&node).await;
                 }

@@ -79,7 +79,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         // Inside the runtime: opening the Redis connection manager spawns its tasks.
         let redis = args.connect.cluster.redis()?;
         let options = args.connect.options()?;
-        let backend = RedisBackend::open(redis).map_err(|e| anyhow!("--redis {redis:?}: {e}"))?;
+        // The URL is not echoed: it may hold a password.
+        let backend = RedisBackend::open(redis).map_err(|e| anyhow!("--redis: {e}"))?;
         let im = ImClient::new(Backend::Redis(backend), options).context("--servers / --path / --scheme")?;
         let listener = bind(&args.listen, "--listen").await?;
         match tokio::time::timeout(REDIS_PROBE_TIMEOUT, im.get_chan_list()).await {
