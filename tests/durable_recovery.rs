@@ -243,10 +243,27 @@ async fn a_node_killed_mid_stream_loses_and_duplicates_nothing() {
 /// One durable send of [`sends_with_retries`]: sequence number and attempt.
 type Attempt = (u64, u32);
 
-/// Sends `{"n": n, "try": t}` to `to` durably, `n` = 0, 1, …, until `stop`; a send that fails
-/// (or takes over [`WAIT`]) is tried again with the next `t`. Returns the accepted attempts in
-/// order, and the failed ones (which may still have been logged: Redis died after writing).
-async fn sends_with_retries(im: ImClient, to: i64, stop: Arc<AtomicBool>) -> (Vec<Attempt>, HashSet<Attempt>) {
+/// How long Redis stays down in each outage.
+const REDIS_DOWN: Duration = Duration::from_secs(1);
+/// Most outages of one test: Redis goes down again until a send was accepted while the
+/// node was not subscribed yet (the node resubscribes within ~0.4 s, the sender within
+/// ~40 ms, so one outage nearly always has some).
+const OUTAGES: usize = 3;
+
+/// Sends `{"n": n, "try": t}` to `to` durably, `n` = 0, 1, …, until `stop`, counting the
+/// accepted ones in `count`. A send that fails (or takes over [`WAIT`]) is tried again with
+/// the next `t`, on a new connection (so the sender is back as soon as Redis is). Returns the
+/// accepted attempts in order, and the failed ones (which may still have been logged, if
+/// Redis died after its write).
+async fn sends_with_retries(
+    url: String,
+    servers: Vec<String>,
+    to: i64,
+    stop: Arc<AtomicBool>,
+    count: Arc<AtomicUsize>,
+) -> (Vec<Attempt>, HashSet<Attempt>) {
+    let connect = || ImClient::connect(&url, ImClientOptions::new(servers.clone())).unwrap();
+    let mut im = connect();
     let (mut accepted, mut failed) = (Vec::new(), HashSet::new());
     let mut n = 0;
     while !stop.load(Ordering::Relaxed) {
@@ -261,8 +278,10 @@ async fn sends_with_retries(im: ImClient, to: i64, stop: Arc<AtomicBool>) -> (Ve
             failed.insert((n, attempt));
             attempt += 1;
             tokio::time::sleep(Duration::from_millis(20)).await;
+            im = connect();
         }
         accepted.push((n, attempt));
+        count.fetch_add(1, Ordering::Relaxed);
         n += 1;
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
@@ -279,17 +298,27 @@ async fn a_connected_socket_gets_every_message_across_a_redis_restart_from_its_a
     let mut cluster = Cluster::start_on(store, 1, |_| {}).await;
     let (mut ws, hello) = connect_durable(&cluster.im, 1, "").await;
     let mut got = Received::new(&hello);
-    let stop = Arc::new(AtomicBool::new(false));
-    let sender = tokio::spawn(sends_with_retries(cluster.im.clone(), 1, stop.clone()));
+    let (stop, count) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+    let sends = sends_with_retries(cluster.redis().url(), cluster.servers.clone(), 1, stop.clone(), count.clone());
+    let sender = tokio::spawn(sends);
 
-    assert!(got.read_until(&mut ws, RECOVERY, |g| g.messages.len() >= 500).await, "the sends stalled");
-    cluster.redis_mut().kill();
-    let before_kill = got.messages.len();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    cluster.redis_mut().restart(Some(&dir));
+    let (mut outages, mut unsubscribed, mut before_kill) = (0, 0, 0);
+    while outages < OUTAGES && unsubscribed == 0 {
+        let flowing = got.messages.len() + 500;
+        assert!(got.read_until(&mut ws, RECOVERY, |g| g.messages.len() >= flowing).await, "the sends stalled");
+        cluster.redis_mut().kill();
+        before_kill = before_kill.max(got.messages.len());
+        tokio::time::sleep(REDIS_DOWN).await;
+        cluster.redis_mut().restart(Some(&dir));
+        // Sends accepted while the node is not subscribed again reach it only by its gap fill.
+        let accepted_at_restart = count.load(Ordering::Relaxed);
+        eventually(Some(RECOVERY), || async { cluster.nodes[0].is_live() }).await;
+        unsubscribed += count.load(Ordering::Relaxed) - accepted_at_restart;
+        outages += 1;
+    }
     // The socket stays connected throughout; messages flow again once the node is back.
-    let resumed_at = got.messages.len() + 500;
-    assert!(got.read_until(&mut ws, RECOVERY, |g| g.messages.len() >= resumed_at).await, "no sends after the restart");
+    let flowing = got.messages.len() + 500;
+    assert!(got.read_until(&mut ws, RECOVERY, |g| g.messages.len() >= flowing).await, "no sends after the restart");
     stop.store(true, Ordering::Relaxed);
     let (accepted, failed) = sender.await.unwrap();
     let all_accepted = |g: &Received| {
@@ -310,7 +339,8 @@ async fn a_connected_socket_gets_every_message_across_a_redis_restart_from_its_a
     let gap_fills = cluster.metric(0, "freeim_log_gap_fills_total").await;
     println!(
         "durable redis restart (AOF): {} accepted ({} failed sends retried), {} received, {lost} lost, \
-         {duplicated} duplicated, {} logged though failed; {before_kill} before the kill, {gap_fills} gap fills ({:.1} s)",
+         {duplicated} duplicated, {} logged though failed; {outages} outage(s), {before_kill} received before the \
+         last kill, {unsubscribed} accepted while the node was unsubscribed, {gap_fills} gap fills ({:.1} s)",
         accepted.len(),
         failed.len(),
         received.len(),
@@ -322,6 +352,7 @@ async fn a_connected_socket_gets_every_message_across_a_redis_restart_from_its_a
     let in_order: Vec<Attempt> = received.iter().copied().filter(|a| accepted_set.contains(a)).collect();
     assert_eq!(in_order, accepted, "in order");
     assert!(!failed.is_empty(), "no send failed: Redis was not down while sending");
+    assert!(unsubscribed > 0, "no send was accepted while the node was unsubscribed: the gap fill went untested");
     cluster.shutdown_after(ws).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
