@@ -25,12 +25,20 @@ use crate::protocol::{ClientId, NodeCommand};
 use bytes::Bytes;
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 /// Most logged messages the node keeps in memory (at most `--history-size`). Resumes from
 /// older positions read Redis. 10,000 entries of a 200-byte chat message are ~3 MB.
 pub(crate) const WINDOW_ENTRIES: u64 = 10_000;
 /// Most entries one Redis read of the log returns (gap fills, loading, old resumes).
 pub(crate) const READ_PAGE: usize = 10_000;
+/// How long a gap fill keeps trying a read that fails. Right after the subscription is back,
+/// the node's command connection may still be in its reconnect back-off (up to 500 ms) and
+/// fail at once; giving up then would close every durable socket (`log reset`) although
+/// the log is intact.
+const FILL_RETRY_FOR: Duration = Duration::from_secs(2);
+/// The pause between two tries of a failed gap-fill read.
+const FILL_RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 /// What the other tasks of the node may read of the log: set by the dispatcher.
 #[derive(Debug, Default)]
@@ -289,9 +297,15 @@ impl NodeLog {
     async fn fill(&mut self, node: &Node, mut from: u64, to: u64, items: &mut Vec<Item>) -> Result<u64, Option<Epoch>> {
         let backend = node.client.backend();
         node.metrics.gap_fill();
+        let give_up = Instant::now() + FILL_RETRY_FOR;
         while from <= to {
             let read = match backend.log_read(&self.log_key, &self.meta_key, from, to, READ_PAGE).await {
                 Ok(read) => read,
+                Err(e) if Instant::now() < give_up => {
+                    tracing::debug!(error = %e, from, "cannot read the durable log to fill a gap; trying again");
+                    tokio::time::sleep(FILL_RETRY_PAUSE).await;
+                    continue;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, from, "cannot read the durable log to fill a gap");
                     return Err(None);

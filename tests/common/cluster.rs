@@ -39,7 +39,11 @@ impl Cluster {
     /// taken before the node binds it (tests run in parallel): then it starts again on
     /// other ports.
     pub async fn start_with(kind: Kind, n: usize, tweak: impl Fn(&mut GatewayConfig)) -> Self {
-        let store = TestBackend::start(kind);
+        Self::start_on(TestBackend::start(kind), n, tweak).await
+    }
+
+    /// [`Cluster::start_with`] on a backend the test started (a persistent Redis, say).
+    pub async fn start_on(store: TestBackend, n: usize, tweak: impl Fn(&mut GatewayConfig)) -> Self {
         for _ in 0..BIND_ATTEMPTS {
             let servers: Vec<String> = (0..n).map(|_| free_addr()).collect();
             if let Some(nodes) = start_nodes(&store, &servers, &tweak).await {

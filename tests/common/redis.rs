@@ -22,6 +22,14 @@ impl RedisServer {
         server
     }
 
+    /// Starts one on a free port that keeps an append-only file in `data_dir`, written on
+    /// every command (see [`RedisServer::restart`]).
+    pub fn start_persistent(data_dir: &Path) -> Self {
+        let mut server = RedisServer { port: free_port(), child: None };
+        server.restart(Some(data_dir));
+        server
+    }
+
     /// Its `redis://` URL.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
