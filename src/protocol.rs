@@ -95,6 +95,11 @@ impl Keys {
     pub fn node_lease(&self, server: &str) -> String {
         format!("{}NodeLease{server}", self.prefix)
     }
+    /// `{P}NodeAway{server}` (ours): client id → wall-clock milliseconds until which the
+    /// client keeps its channels, after its last socket (a durable one) closed on the node.
+    pub fn node_away(&self, server: &str) -> String {
+        format!("{}NodeAway{server}", self.prefix)
+    }
     /// `{P}NodeCleanup{server}` (ours): held by the one node cleaning up after a dead one.
     pub fn node_cleanup(&self, server: &str) -> String {
         format!("{}NodeCleanup{server}", self.prefix)

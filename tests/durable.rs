@@ -228,3 +228,24 @@ async fn a_quiet_socket_is_told_its_position_and_still_recovers() {
     assert_eq!((again["recovered"].clone(), offset(&again)), (json!(true), top));
     cluster.shutdown_after(ws).await;
 }
+
+both!(a_single_device_keeps_its_channels_while_away_and_gets_their_messages, |kind| async move {
+    let cluster = Cluster::start_with(kind, 1, |c| c.history_ttl = std::time::Duration::from_secs(2)).await;
+    cluster.im.join_chan(2, &["room"]).await.unwrap();
+    let (ws, hello) = connect_durable(&cluster, 2, "").await;
+    let top = offset(&hello);
+    ws.close().await;
+    eventually(None, || async { !cluster.im.has_online(2).await.unwrap() }).await;
+    assert_eq!(cluster.im.get_chan_list_by_client_id(2).await.unwrap(), ["room"], "still a member while away");
+    cluster.im.durable().send_chan_message(0, "room", "missed").await.unwrap();
+    let (ws, again) = connect_durable(&cluster, 2, &position(&hello, top)).await;
+    let mut ws = ws;
+    assert_eq!(again["recovered"], true);
+    assert_eq!(ws.recv_text().await, format!(r#"{{"o":{},"d":"missed"}}"#, top + 1));
+    assert_eq!(ws.recv_text().await, format!(r#"{{"t":"pos","o":{}}}"#, top + 1));
+    ws.close().await;
+    // Away longer than --history-ttl: it leaves its channels, as a FreeIM client does at once.
+    eventually(Some(RECOVERY), || async { cluster.im.get_chan_list_by_client_id(2).await.unwrap().is_empty() }).await;
+    assert!(cluster.im.get_chan_client_list("room").await.unwrap().is_empty());
+    cluster.shutdown().await;
+});

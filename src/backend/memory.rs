@@ -215,6 +215,9 @@ impl MemoryBackend {
                     Op::HIncrBy { key, field, by } => {
                         state.hincrby(&key, &field, by)?;
                     }
+                    Op::HSet { key, field, value } => {
+                        state.hash(&key).insert(field, value);
+                    }
                     Op::HDel { key, fields } => {
                         for field in &fields {
                             state.hdel(&key, field);

@@ -115,6 +115,15 @@ pub enum Op {
         /// The increment.
         by: i64,
     },
+    /// `HSET key field value`
+    HSet {
+        /// The hash key.
+        key: String,
+        /// The field.
+        field: String,
+        /// Its value.
+        value: String,
+    },
     /// `HDEL key field…`
     HDel {
         /// The hash key.

@@ -216,6 +216,7 @@ fn command(op: &Op, by: By) -> Cmd {
     match op {
         Op::Publish { channel, payload } => redis::cmd("PUBLISH").arg(channel).arg(payload.as_ref()).clone(),
         Op::HIncrBy { key, field, by } => redis::cmd("HINCRBY").arg(key).arg(field).arg(by).clone(),
+        Op::HSet { key, field, value } => redis::cmd("HSET").arg(key).arg(field).arg(value).clone(),
         Op::HDel { key, fields } => redis::cmd("HDEL").arg(key).arg(fields).clone(),
         Op::Eval { script, keys, args } => {
             redis::cmd("EVAL").arg(script.lua()).arg(keys.len()).arg(keys).arg(args).clone()

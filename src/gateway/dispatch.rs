@@ -170,13 +170,23 @@ impl Plan {
 }
 
 /// Delivers `items` (from `received` node-channel messages) in order.
-async fn dispatch(node: &Node, log: &mut NodeLog, items: Vec<Item>, received: usize) {
+async fn dispatch(node: &Node, log: &mut NodeLog, mut items: Vec<Item>, received: usize) {
     let malformed = items.iter().filter(|i| i.command.is_none()).count();
     node.metrics.messages_in(received, malformed);
     if items.is_empty() {
         return;
     }
-    let members = chan_members(node, &items).await;
+    let members = match chan_members(node, &items).await {
+        Some(members) => members,
+        None => {
+            // Durable sockets would miss logged channel messages and then be told positions
+            // past them: close them, so that they resume (not recovered) instead.
+            if items.iter().any(|i| i.offset.is_some() && matches!(i.command, Some(NodeCommand::Chan(_)))) {
+                log.forget(node, "channel members could not be read", &mut items);
+            }
+            HashMap::new()
+        }
+    };
     let mut plan = Plan::default();
     let mut receipts = Vec::new();
     let now = node.now_ms();
@@ -202,8 +212,9 @@ async fn dispatch(node: &Node, log: &mut NodeLog, items: Vec<Item>, received: us
     }
 }
 
-/// The member ids of every channel named in the batch, in one pipelined `HKEYS`.
-async fn chan_members(node: &Node, items: &[Item]) -> HashMap<String, Vec<ClientId>> {
+/// The member ids of every channel named in the batch, in one pipelined `HKEYS`; `None`
+/// when they cannot be read.
+async fn chan_members(node: &Node, items: &[Item]) -> Option<HashMap<String, Vec<ClientId>>> {
     let mut chans: Vec<&str> = Vec::new();
     for item in items {
         if let Some(NodeCommand::Chan(message)) = &item.command
@@ -215,12 +226,12 @@ async fn chan_members(node: &Node, items: &[Item]) -> HashMap<String, Vec<Client
     }
     let keys: Vec<String> = chans.iter().map(|c| node.client.keys().chan(c)).collect();
     match node.client.backend().hkeys(&keys).await {
-        Ok(lists) => {
-            chans.iter().zip(lists).map(|(chan, fields)| (chan.to_string(), protocol::member_ids(&fields))).collect()
-        }
+        Ok(lists) => Some(
+            chans.iter().zip(lists).map(|(chan, fields)| (chan.to_string(), protocol::member_ids(&fields))).collect(),
+        ),
         Err(e) => {
             tracing::warn!(error = %e, ?chans, "could not read channel members; dropping these channel messages");
-            HashMap::new()
+            None
         }
     }
 }

@@ -18,7 +18,8 @@
 //! online event, so the business side can re-join its channels (channel membership is
 //! business state: FreeIM's clients join again on every connect).
 
-use super::{Node, presence};
+use super::Node;
+use super::presence::{self, Leave};
 use crate::protocol::TokenValue;
 use bytes::Bytes;
 use std::sync::Arc;
@@ -71,6 +72,9 @@ pub(crate) async fn run(node: Arc<Node>) {
         }
         if renew_and_check(&node).await {
             restore_pending = true;
+        }
+        if let Err(e) = presence::leave_away(&node).await {
+            tracing::warn!(error = %e, "could not leave the channels of clients away");
         }
     }
 }
@@ -171,7 +175,7 @@ async fn clean_node(node: &Node, server: &str) -> crate::Result<usize> {
             continue;
         }
         let token = Bytes::from(value);
-        if presence::close_socket(&node.client, &sockets_key, client_id, socket_id, &token).await? {
+        if presence::close_socket(&node.client, &sockets_key, client_id, socket_id, &token, Leave::Now).await? {
             cleaned += 1;
         }
     }
@@ -195,8 +199,14 @@ pub(crate) async fn restore(node: &Node) -> bool {
         // may have run before we recorded it again. Undo it then; counting down twice is
         // impossible, so this is safe whichever ran first.
         if !node.registry.holds(&conn) {
-            let result =
-                presence::close_socket(&node.client, &node.sockets_key, conn.client_id, conn.id, &conn.token_value);
+            let result = presence::close_socket(
+                &node.client,
+                &node.sockets_key,
+                conn.client_id,
+                conn.id,
+                &conn.token_value,
+                Leave::of(node, &conn),
+            );
             if let Err(e) = result.await {
                 tracing::warn!(error = %e, "presence restore interrupted; retrying");
                 return false;

@@ -274,6 +274,7 @@ impl NodeLog {
                 // again, under a new epoch if it was lost.
                 self.forget(node, "the log's meta is gone or unreadable", &mut items);
                 self.epoch = None;
+                self.publish(node);
                 self.load(node).await;
             }
         }
@@ -331,7 +332,7 @@ impl NodeLog {
 
     /// Empties the window and closes durable sockets: their positions cannot be served.
     /// Logged `items` not yet dispatched are still delivered, but no longer as logged.
-    fn forget(&mut self, node: &Node, why: &str, items: &mut [Item]) {
+    pub(crate) fn forget(&mut self, node: &Node, why: &str, items: &mut [Item]) {
         self.window.clear();
         items.iter_mut().for_each(|item| item.offset = None);
         let mut closed = 0;

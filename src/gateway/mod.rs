@@ -74,6 +74,8 @@ pub(crate) struct Node {
     pub(crate) metrics: Metrics,
     /// `{P}NodeSockets{server}`: this node's socket records (see `presence`).
     pub(crate) sockets_key: String,
+    /// `{P}NodeAway{server}`: clients whose last durable socket closed here (see `presence`).
+    pub(crate) away_key: String,
     /// Whether the node-channel subscription is established (`/healthz`).
     pub(crate) live: watch::Receiver<bool>,
     /// How many times it has been established (presence is restored on each new one).
@@ -122,6 +124,7 @@ impl Gateway {
         let local_addr = listener.local_addr().map_err(|source| GatewayError::Bind { addr: config.listen, source })?;
         let mut subscription = client.backend().subscribe(vec![client.keys().server(&config.server)]);
         let sockets_key = client.keys().node_sockets(&config.server);
+        let away_key = client.keys().node_away(&config.server);
         let (resumes, resume_requests) = mpsc::channel(RESUME_QUEUE);
         let node = Arc::new(Node {
             log_gauge: LogGauge::default(),
@@ -133,6 +136,7 @@ impl Gateway {
             registry: Registry::default(),
             metrics: Metrics::default(),
             sockets_key,
+            away_key,
             shutdown: CancellationToken::new(),
             connections: TaskTracker::new(),
             next_conn_id: AtomicU64::new(first_conn_id()),

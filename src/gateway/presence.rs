@@ -13,17 +13,40 @@
 //! Close: `SocketClose` script (forget + FreeIM's decrement); only when the client's count
 //! reached zero, that is its last socket on any node is gone, leave every channel of
 //! `{P}Client{id}` (FreeIM leaves them on every close, which cut a client's other devices
-//! out of their channels); then `PUBLISH evt_{P}Offline <token value>`.
+//! out of their channels); then `PUBLISH evt_{P}Offline <token value>`. When that last
+//! socket was durable, the channels are left `--history-ttl` later instead (the client is
+//! recorded in `{P}NodeAway{node}`, and [`leave_away`] leaves them unless it came back), so
+//! that its resume can replay the channel messages it missed.
 //!
 //! A Redis failure is logged and the socket's life goes on; [`super::lease`] restores the
 //! records of live sockets when the subscription comes back.
 
 use super::Node;
-use super::connection::Conn;
+use super::connection::{Conn, Kind};
 use crate::backend::{Op, Script};
 use crate::client::ImClient;
 use crate::protocol::ClientId;
 use bytes::Bytes;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// What happens to a client's channels when its last socket closes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Leave<'a> {
+    /// It leaves them now, as FreeIM.
+    Now,
+    /// It is recorded in the away hash `key` and leaves them `after` this long.
+    After { key: &'a str, after: Duration },
+}
+
+impl<'a> Leave<'a> {
+    /// When a socket of this node leaves its channels: a durable one `--history-ttl` later.
+    pub(crate) fn of(node: &'a Node, conn: &Conn) -> Self {
+        match conn.kind() {
+            Kind::FreeIm => Leave::Now,
+            Kind::Starting | Kind::Durable(_) => Leave::After { key: &node.away_key, after: node.config.history_ttl },
+        }
+    }
+}
 
 /// Records a newly opened socket and announces it, in one pipelined round trip.
 pub(crate) async fn online(node: &Node, conn: &Conn) {
@@ -58,7 +81,8 @@ fn online_event(node: &Node, conn: &Conn) -> Op {
 
 /// Undoes an open socket's presence: ours on close, or a dead node's during cleanup.
 pub(crate) async fn offline(node: &Node, conn: &Conn) {
-    let result = close_socket(&node.client, &node.sockets_key, conn.client_id, conn.id, &conn.token_value).await;
+    let leave = Leave::of(node, conn);
+    let result = close_socket(&node.client, &node.sockets_key, conn.client_id, conn.id, &conn.token_value, leave).await;
     if let Err(e) = result {
         tracing::warn!(error = %e, client = conn.client_id, "could not clear presence");
     }
@@ -73,6 +97,7 @@ pub(crate) async fn close_socket(
     client_id: ClientId,
     socket: u64,
     token_value: &Bytes,
+    leave: Leave<'_>,
 ) -> crate::Result<bool> {
     let keys = vec![client.keys().online().to_owned(), sockets_key.to_owned()];
     let remaining =
@@ -81,12 +106,52 @@ pub(crate) async fn close_socket(
         return Ok(false);
     }
     if remaining == 0 {
-        let chans = client.get_chan_list_by_client_id(client_id).await?;
-        client.leave_chan(client_id, &chans).await?;
+        match leave {
+            Leave::Now => leave_all(client, client_id).await?,
+            Leave::After { key, after } => {
+                let until = (wall_ms() + after.as_millis() as u64).to_string();
+                let op = Op::HSet { key: key.to_owned(), field: client_id.to_string(), value: until };
+                client.backend().execute(vec![op]).await?;
+            }
+        }
     }
     let op = Op::Publish { channel: client.keys().event_offline().to_owned(), payload: token_value.clone() };
     client.backend().execute(vec![op]).await?;
     Ok(true)
+}
+
+/// Makes `client_id` leave every channel it is a member of.
+async fn leave_all(client: &ImClient, client_id: ClientId) -> crate::Result<()> {
+    let chans = client.get_chan_list_by_client_id(client_id).await?;
+    client.leave_chan(client_id, &chans).await
+}
+
+/// Leaves the channels of the clients recorded away on this node whose time is up and
+/// that have no socket on any node now; forgets every one whose time is up.
+pub(crate) async fn leave_away(node: &Node) -> crate::Result<()> {
+    let client = &node.client;
+    let now = wall_ms();
+    let away = client.backend().hgetall(&node.away_key).await?;
+    let due: Vec<String> = away
+        .into_iter()
+        .filter(|(_, until)| until.parse::<u64>().ok().is_none_or(|u| u <= now))
+        .map(|(id, _)| id)
+        .collect();
+    if due.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<ClientId> = due.iter().filter_map(|id| id.parse().ok()).collect();
+    let online = client.has_online_many(&ids).await?;
+    for (&id, _) in ids.iter().zip(online).filter(|(_, online)| !online) {
+        leave_all(client, id).await?;
+    }
+    client.backend().execute(vec![Op::HDel { key: node.away_key.clone(), fields: due }]).await?;
+    Ok(())
+}
+
+/// Milliseconds since the Unix epoch (away deadlines, compared by the same node).
+fn wall_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 fn token_text(value: &Bytes) -> String {

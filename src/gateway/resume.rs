@@ -13,7 +13,7 @@
 //! too, so frames on a socket are in offset order.
 
 use super::Node;
-use super::connection::{Conn, Kind};
+use super::connection::{CloseReason, Conn, Kind};
 use super::log::{Entry, NodeLog, READ_PAGE};
 use super::websocket;
 use crate::durable::{self, Resume};
@@ -104,7 +104,8 @@ async fn older(node: &Node, epoch: durable::Epoch, from: u64, to: u64) -> Vec<En
 pub(crate) fn serve(node: &Node, log: &NodeLog, request: ResumeRequest) {
     let ResumeRequest { conn, resume, chans, older } = request;
     let (Some(epoch), top) = log.head() else {
-        // The log was lost meanwhile: the socket was closed with `log reset`.
+        // The log was lost meanwhile and is not open again: the client resumes later.
+        conn.close(CloseReason::LogReset);
         return;
     };
     let replay = match (resume, &chans) {

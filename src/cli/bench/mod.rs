@@ -122,6 +122,10 @@ struct TargetArgs {
     /// Append the result to this JSON-lines file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// Publish durably: every message is logged on its node (the sockets stay FreeIM
+    /// sockets, so this measures the log's cost on the publisher, Redis and the nodes).
+    #[arg(long)]
+    durable: bool,
 }
 
 impl TargetArgs {
@@ -130,7 +134,13 @@ impl TargetArgs {
         anyhow::ensure!(raw || self.cluster.redis.is_some(), "--redis is required unless --raw-control");
         let redis = if raw { None } else { self.cluster.redis.clone() };
         Ok(Target {
-            label: if raw { "raw" } else { "freeim" }.to_owned(),
+            label: match (raw, self.durable) {
+                (true, _) => "raw",
+                (false, false) => "freeim",
+                (false, true) => "freeim-durable",
+            }
+            .to_owned(),
+            durable: self.durable && !raw,
             spec: TargetSpec { nodes: self.cluster.servers()?.to_vec(), redis, path: self.cluster.path().to_owned() },
             controls: self.raw_control.clone(),
             watch: self.watch_pid.clone(),

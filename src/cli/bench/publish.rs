@@ -42,6 +42,8 @@ pub enum Publisher {
         inflight: FuturesUnordered<BoxFuture<'static, ImResult<()>>>,
         /// Sends that failed.
         errors: u64,
+        /// Whether sends are durable (logged on their node).
+        durable: bool,
     },
     /// Straight to raw servers, one control socket per node.
     Raw {
@@ -53,9 +55,9 @@ pub enum Publisher {
 }
 
 impl Publisher {
-    /// A publisher through `im`.
-    pub fn ours(im: ImClient) -> Publisher {
-        Publisher::Ours { im, inflight: FuturesUnordered::new(), errors: 0 }
+    /// A publisher through `im`, durable or not.
+    pub fn ours(im: ImClient, durable: bool) -> Publisher {
+        Publisher::Ours { im, inflight: FuturesUnordered::new(), errors: 0, durable }
     }
 
     /// A publisher to the raw servers at `controls` (node order).
@@ -71,19 +73,24 @@ impl Publisher {
     /// raw bytes are written now rather than batched.
     pub async fn send(&mut self, audience: &Audience, text: &str, window: usize, paced: bool) {
         match self {
-            Publisher::Ours { im, inflight, errors } => {
+            Publisher::Ours { im, inflight, errors, durable } => {
                 while inflight.len() >= window.max(1) {
                     if let Some(Err(_)) = inflight.next().await {
                         *errors += 1;
                     }
                 }
-                let (im, text, audience) = (im.clone(), text.to_owned(), audience.clone());
+                let (im, text, audience, durable) = (im.clone(), text.to_owned(), audience.clone(), *durable);
                 inflight.push(Box::pin(async move {
-                    match audience {
-                        Audience::Chan(Some(chan)) => im.send_chan_message(0, &chan, &text).await,
-                        Audience::Chan(None) => im.send_broadcast_message(&text).await,
-                        Audience::Direct { sender, receiver } => {
+                    match (audience, durable) {
+                        (Audience::Chan(Some(chan)), false) => im.send_chan_message(0, &chan, &text).await,
+                        (Audience::Chan(Some(chan)), true) => im.durable().send_chan_message(0, &chan, &text).await,
+                        (Audience::Chan(None), false) => im.send_broadcast_message(&text).await,
+                        (Audience::Chan(None), true) => im.durable().send_broadcast_message(&text).await,
+                        (Audience::Direct { sender, receiver }, false) => {
                             im.send_message(sender, &[receiver], &text, false).await
+                        }
+                        (Audience::Direct { sender, receiver }, true) => {
+                            im.durable().send_message(sender, &[receiver], &text, false).await
                         }
                     }
                 }));

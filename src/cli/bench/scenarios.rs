@@ -31,8 +31,10 @@ const P2P_WARMUP: u64 = 200;
 /// What is measured: our gateways (through Redis) or raw servers.
 #[derive(Debug, Clone)]
 pub struct Target {
-    /// `freeim` or `raw`: the label in reports.
+    /// `freeim`, `freeim-durable` or `raw`: the label in reports.
     pub label: String,
+    /// Publish durably (`ImClient::durable`): each send is logged on its node.
+    pub durable: bool,
     /// Where the workers connect.
     pub spec: TargetSpec,
     /// Raw servers' control addresses (node order); empty for our gateways.
@@ -57,7 +59,7 @@ impl Target {
     }
 
     async fn publisher(&self) -> anyhow::Result<Publisher> {
-        if self.is_raw() { Publisher::raw(&self.controls).await } else { Ok(Publisher::ours(self.im()?)) }
+        if self.is_raw() { Publisher::raw(&self.controls).await } else { Ok(Publisher::ours(self.im()?, self.durable)) }
     }
 
     fn cpu_probe(&self, pool: &Pool) -> CpuProbe {

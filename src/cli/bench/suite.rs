@@ -140,6 +140,7 @@ fn start(step: &Step) -> anyhow::Result<(Servers, Target)> {
         let servers = RawServers::start(k)?;
         let target = Target {
             label: "raw".to_owned(),
+            durable: false,
             spec: TargetSpec { nodes: servers.names.clone(), redis: None, path: "/ws".to_owned() },
             controls: servers.controls.clone(),
             watch: servers.pids(),
@@ -152,6 +153,7 @@ fn start(step: &Step) -> anyhow::Result<(Servers, Target)> {
     let nodes = Nodes::start(k, &redis.url)?;
     let target = Target {
         label: "freeim".to_owned(),
+        durable: false,
         spec: TargetSpec { nodes: nodes.names.clone(), redis: Some(redis.url.clone()), path: "/ws".to_owned() },
         controls: Vec::new(),
         watch: nodes.pids(),
