@@ -210,7 +210,9 @@ describe('durable sockets', () => {
     second.receive('{"o":45,"d":{"a":1}}');
     second.receive('{"o":47,"d":"are you there?"}');
     second.receive('{"t":"pos","o":47}');
-    second.receive('{"o":48,"d":{"content":"\\"hi\\"","receipt":"发送成功"}}');
+    second.receive('{"d":{"content":"\\"hi\\"","receipt":"发送成功"}}');
+    assert.equal(im.position, `${E}:47`, 'a receipt has no offset');
+    second.receive('{"o":48,"d":"back"}');
     im.stop();
     assert.equal(storage.map.get('freeim-position:2'), `${E}:48`);
     assert.deepEqual(seen, [
@@ -219,6 +221,7 @@ describe('durable sockets', () => {
       ['message', { kind: 'message', data: { a: 1 }, raw: '{"a":1}' }],
       ['message', { kind: 'message', data: 'are you there?', raw: '"are you there?"' }],
       ['receipt', { kind: 'receipt', status: 'delivered', delivered: true, text: '发送成功', data: 'hi', raw: '{"content":"\\"hi\\"","receipt":"发送成功"}' }],
+      ['message', { kind: 'message', data: 'back', raw: '"back"' }],
     ]);
   });
 
