@@ -5,7 +5,7 @@
 
 const { describe, it, before, after, afterEach } = require('node:test');
 const assert = require('node:assert/strict');
-const { AllInOne, Cluster, launchBrowser, openChat, screenshot } = require('./harness');
+const { AllInOne, Cluster, eventually, launchBrowser, openChat, screenshot } = require('./harness');
 
 /** A bubble with exactly `text` in the open conversation of `page`. */
 function bubble(page, text) {
@@ -22,6 +22,31 @@ async function joinChannel(page, chan) {
 async function say(page, text) {
   await page.fill('#text', text);
   await page.press('#text', 'Enter');
+}
+
+/** Holds `page`'s pre-connect requests until the returned function is called. */
+async function holdPreConnect(page) {
+  let release;
+  const released = new Promise((r) => (release = r));
+  await page.route('**/ws/pre-connect', async (route) => {
+    await released;
+    await route.continue().catch(() => {}); // the page may be closed by then
+  });
+  return release;
+}
+
+/** The texts of the bubbles of conversation `key` (`dm:<id>`, `chan:<name>`) on `page`. */
+function lines(page, key) {
+  return page.evaluate((k) => {
+    const c = window.freeimDemo.state.convs[k];
+    return c ? c.messages.filter((m) => m.kind === 'msg').map((m) => m.text) : [];
+  }, key);
+}
+
+/** Sends private messages `texts` from `page` (its open conversation) and waits for each receipt. */
+async function sayAll(page, texts) {
+  for (const text of texts) await say(page, text);
+  await eventually('every receipt', async () => (await page.locator('#messages .status[data-status="sending"]').count()) === 0);
 }
 
 for (const Deployment of [AllInOne, Cluster]) {
@@ -156,11 +181,94 @@ for (const Deployment of [AllInOne, Cluster]) {
         await page.waitForSelector('body[data-ready="2"]', { timeout: 30000 });
         await page.locator('#conn[data-state="open"]').waitFor();
       }
+      // The durable log lives in Redis on a cluster, in the process when all-in-one.
+      const lost = deployment instanceof AllInOne;
+      for (const page of [alice, bob]) {
+        if (lost) await page.locator('#history-notice').waitFor();
+        else assert.equal(await page.locator('#history-notice').isVisible(), false);
+      }
       await say(alice, 'after the restart');
       await bubble(bob, 'after the restart').waitFor();
       await say(bob, 'still here');
       await bubble(alice, 'still here').waitFor();
       await screenshot(bob, deployment, 'reconnected-bob');
+    });
+
+    it('a page that reloads gets every message sent meanwhile, once, in order', async () => {
+      const alice = await open('Alice');
+      const bob = await open('Bob');
+      await joinChannel(bob, 'durable');
+      await joinChannel(alice, 'durable');
+      await alice.click(`#online li[data-id="${bob.clientId}"] button`);
+      await alice.locator('#conv-title', { hasText: 'Bob' }).waitFor();
+      await sayAll(alice, ['dm 1', 'dm 2']);
+      await eventually('the live messages', async () => (await lines(bob, `dm:${alice.clientId}`)).length === 2);
+
+      // Bob reloads; his page cannot connect again until the messages below are sent.
+      const release = await holdPreConnect(bob);
+      const reloaded = bob.reload({ waitUntil: 'domcontentloaded' });
+      await alice.locator(`#online li[data-id="${bob.clientId}"]`).waitFor({ state: 'detached' });
+      const missed = ['dm 3', 'dm 4', 'dm 5', 'dm 6', 'dm 7'];
+      await sayAll(alice, missed);
+      await alice.click('#channels li[data-chan="durable"] .item-main');
+      const chanMissed = ['chan 1', 'chan 2', 'chan 3'];
+      for (const text of chanMissed) {
+        await say(alice, text);
+        await bubble(alice, text).waitFor();
+      }
+      await reloaded;
+      release();
+      await bob.waitForSelector('body[data-ready]');
+      await say(alice, 'chan 4');
+      await bubble(alice, 'chan 4').waitFor();
+
+      // The page was reloaded: all it has is what was replayed, then what came live.
+      await eventually('the last live line', async () => (await lines(bob, 'chan:durable')).includes('chan 4'));
+      assert.deepEqual(await lines(bob, `dm:${alice.clientId}`), missed);
+      assert.deepEqual(await lines(bob, 'chan:durable'), [...chanMissed, 'chan 4']);
+      assert.equal(await bob.locator('#history-notice').isVisible(), false);
+      await bob.click(`#convs li[data-conv="dm:${alice.clientId}"] button`);
+      await bubble(bob, 'dm 7').waitFor();
+      await screenshot(bob, deployment, 'resumed-after-reload-bob');
+    });
+
+    it('a dropped socket gets every message sent meanwhile when it resumes', async () => {
+      const alice = await open('Alice');
+      const bob = await open('Bob');
+      await alice.click(`#online li[data-id="${bob.clientId}"] button`);
+      await sayAll(alice, ['one']);
+      await eventually('the live message', async () => (await lines(bob, `dm:${alice.clientId}`)).length === 1);
+
+      const release = await holdPreConnect(bob);
+      await bob.evaluate(() => window.freeimDemo.im.socket.close());
+      await alice.locator(`#online li[data-id="${bob.clientId}"]`).waitFor({ state: 'detached' });
+      await sayAll(alice, ['two', 'three', 'four']);
+      release();
+      await bob.waitForSelector('body[data-ready="2"]', { timeout: 30000 });
+      await sayAll(alice, ['five']);
+      const all = ['one', 'two', 'three', 'four', 'five'];
+      await eventually('the last live message', async () => (await lines(bob, `dm:${alice.clientId}`)).includes('five'));
+      assert.deepEqual(await lines(bob, `dm:${alice.clientId}`), all);
+      assert.equal(await bob.locator('#history-notice').isVisible(), false);
+    });
+
+    it('a page shows a notice when what it missed cannot be recovered', async () => {
+      const bob = await open('Bob');
+      assert.equal(await bob.locator('#history-notice').isVisible(), false);
+      // A position in an epoch the gateway never had: as after Redis restarted empty.
+      await bob.evaluate((id) => {
+        window.freeimDemo.im.stop();
+        sessionStorage.setItem(`freeim-position:${id}`, 'ffffffffffffffff:5');
+      }, bob.clientId);
+      await bob.reload();
+      await bob.locator('#history-notice', { hasText: 'could not be recovered' }).waitFor();
+      await bob.locator('#messages .sys.error', { hasText: 'could not be recovered' }).waitFor();
+      const position = await bob.evaluate((id) => sessionStorage.getItem(`freeim-position:${id}`), bob.clientId);
+      assert.match(position, /^[0-9a-f]{16}:\d+$/);
+      assert.notEqual(position.split(':')[0], 'ffffffffffffffff');
+      await screenshot(bob, deployment, 'history-lost-bob');
+      await bob.click('#history-dismiss');
+      await bob.locator('#history-notice').waitFor({ state: 'hidden' });
     });
   });
 }

@@ -53,6 +53,32 @@ async fn all_in_one_serves_the_page_and_delivers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_send_routes_are_durable_only_when_asked() {
+    let (web, gateway) = (free_addr(), free_addr());
+    let _freeim = start_demo(&["--listen", &web, "--gateway", &gateway], &web).await;
+    let (_, answer) = post(&web, "/ws/pre-connect", "websocketId=5").await;
+    let mut ws = Ws::connect(&format!("{}&resume=", answer["server"].as_str().unwrap())).await.unwrap();
+    let hello: Value = serde_json::from_str(&ws.recv_text().await).unwrap();
+    assert_eq!((&hello["t"], &hello["recovered"]), (&json!("hello"), &json!(false)), "{hello}");
+    assert_eq!(post(&web, "/ws/subscr-channel", "websocketId=5&channel=room").await.0, 200);
+
+    // FreeIM's page sends no `durable` field: at-most-once, as FreeIM. The chat page sets it.
+    let routes = [
+        ("/ws/send-msg", "senderWebsocketId=1&receiveWebsocketId=5&message=%22dm%22"),
+        ("/ws/send-channelmsg", "websocketId=5&channel=room&message=%22chan%22"),
+        ("/ws/send-broadcast", "message=%22all%22"),
+    ];
+    for (route, form) in routes {
+        assert_eq!(post(&web, route, form).await.0, 200);
+        let frame = recv_skipping_presence(&mut ws).await;
+        assert!(frame.starts_with(r#"{"d":"\""#), "{route}: {frame}");
+        assert_eq!(post(&web, route, &format!("{form}&durable=true")).await.0, 200);
+        let frame = recv_skipping_presence(&mut ws).await;
+        assert!(frame.starts_with(r#"{"o":"#) && frame.contains(r#","d":"\""#), "{route} durable: {frame}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_a_4xx_json_answer() {
     let (web, gateway) = (free_addr(), free_addr());
     let _freeim = start_demo(&["--listen", &web, "--gateway", &gateway], &web).await;

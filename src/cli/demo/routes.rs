@@ -1,6 +1,11 @@
 //! The demo's HTTP routes: FreeIM's seven demo routes, byte-compatible so FreeIM's own
 //! page works against them, and the few the chat page needs beyond them.
 //!
+//! The three send routes take one field beyond FreeIM's, `durable=true`: the send is then
+//! durable ([`ImClient::durable`]), so a durable socket that was away gets it when it
+//! resumes. The chat page sets it; FreeIM's own page does not, and gets FreeIM's at-most-once
+//! sends, which a .NET `ImServer` understands too.
+//!
 //! Each route is one [`ImClient`] call. As in FreeIM's demo nothing is authenticated: the
 //! page says who it is with `websocketId`. A real business app would take the id from its
 //! session instead, and that is the only change it needs to make to these routes.
@@ -113,32 +118,47 @@ pub async fn leave_channel(State(app): State<App>, fields: Fields) -> Answer {
     done()
 }
 
-/// `POST /ws/send-channelmsg` (`websocketId`, `channel`, `message`): to the channel's
-/// online members, from the system (sender 0, so the sender's own page gets it too, which
-/// FreeIM's page relies on to show its own lines).
+/// `POST /ws/send-channelmsg` (`websocketId`, `channel`, `message`, `durable`): to the
+/// channel's online members, from the system (sender 0, so the sender's own page gets it
+/// too, which FreeIM's page relies on to show its own lines).
 #[tracing::instrument(skip_all, fields(websocket_id, channel))]
 pub async fn send_channel_msg(State(app): State<App>, fields: Fields) -> Answer {
     let (_, chan) = channel_fields(&fields)?;
-    app.im.send_chan_message(0, &chan, fields.message("message")?).await?;
+    let message = fields.message("message")?;
+    if fields.flag("durable")? {
+        app.im.durable().send_chan_message(0, &chan, message).await?;
+    } else {
+        app.im.send_chan_message(0, &chan, message).await?;
+    }
     done()
 }
 
-/// `POST /ws/send-broadcast` (`message`): to every connected client.
+/// `POST /ws/send-broadcast` (`message`, `durable`): to every connected client.
 #[tracing::instrument(skip_all)]
 pub async fn send_broadcast(State(app): State<App>, fields: Fields) -> Answer {
-    app.im.send_broadcast_message(fields.message("message")?).await?;
+    let message = fields.message("message")?;
+    if fields.flag("durable")? {
+        app.im.durable().send_broadcast_message(message).await?;
+    } else {
+        app.im.send_broadcast_message(message).await?;
+    }
     done()
 }
 
-/// `POST /ws/send-msg` (`senderWebsocketId`, `receiveWebsocketId`, `message`, `isReceipt`):
-/// a private message; with `isReceipt=true` the sender's sockets get a receipt frame.
+/// `POST /ws/send-msg` (`senderWebsocketId`, `receiveWebsocketId`, `message`, `isReceipt`,
+/// `durable`): a private message; with `isReceipt=true` the sender's sockets get a receipt
+/// frame.
 #[tracing::instrument(skip_all, fields(websocket_id, receiver))]
 pub async fn send_msg(State(app): State<App>, fields: Fields) -> Answer {
     let sender = fields.client_id("senderWebsocketId")?;
     let receiver = fields.client_id("receiveWebsocketId")?;
     Span::current().record("websocket_id", sender).record("receiver", receiver);
     let (message, receipt) = (fields.message("message")?, fields.flag("isReceipt")?);
-    app.im.send_message(sender, &[receiver], message, receipt).await?;
+    if fields.flag("durable")? {
+        app.im.durable().send_message(sender, &[receiver], message, receipt).await?;
+    } else {
+        app.im.send_message(sender, &[receiver], message, receipt).await?;
+    }
     done()
 }
 

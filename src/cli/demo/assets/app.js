@@ -3,6 +3,11 @@
  * under /ws/) and receives through freeim.js. Messages use the shape of FreeIM's own demo
  * page ({type, sender, senderNick, chan, time, msg}), so both pages can share a channel.
  *
+ * Its sockets are durable and it sends durably (the routes' `durable` field): a page that
+ * reloads, or whose socket drops, gets every message it missed when it reconnects. The page
+ * keeps its id and its channels in sessionStorage so that a reload resumes as the same
+ * client; when the gateway could not recover what was missed, a notice says so.
+ *
  * Everything a person typed reaches the DOM through textContent only.
  */
 (function () {
@@ -36,10 +41,11 @@
 
   var params = new URLSearchParams(location.search);
   var storedId = sessionStorage.getItem('freeim-demo-id');
+  var storedJoined = JSON.parse(sessionStorage.getItem('freeim-demo-joined') || '[]');
   var state = {
     id: storedId ? Number(storedId) : null,
     nick: params.get('nick') || localStorage.getItem('freeim-demo-nick') || 'Guest ' + Math.floor(1000 + Math.random() * 9000),
-    joined: [], // channel names, in join order
+    joined: Array.isArray(storedJoined) ? storedJoined : [], // channel names, in join order
     convs: {}, // key -> {key, kind, title, peer, chan, messages: [], unread}
     current: BROADCAST,
     online: [],
@@ -70,7 +76,13 @@
   }
 
   function sendToChannel(chan, msg) {
-    return post('send-channelmsg', { websocketId: state.id, channel: chan, message: envelope('chanmsg', msg, { chan: chan }) });
+    var message = envelope('chanmsg', msg, { chan: chan });
+    return post('send-channelmsg', { websocketId: state.id, channel: chan, message: message, durable: true });
+  }
+
+  function setJoined(joined) {
+    state.joined = joined;
+    sessionStorage.setItem('freeim-demo-joined', JSON.stringify(joined));
   }
 
   // --- conversations -----------------------------------------------------------------
@@ -319,7 +331,7 @@
     var key = 'chan:' + chan;
     post('subscr-channel', { websocketId: state.id, channel: chan })
       .then(function () {
-        if (state.joined.indexOf(chan) < 0) state.joined.push(chan);
+        if (state.joined.indexOf(chan) < 0) setJoined(state.joined.concat([chan]));
         conv(key);
         open(key);
         return sendToChannel(chan, { type: 'welcome' });
@@ -336,7 +348,7 @@
         return post('leave-channel', { websocketId: state.id, channel: chan });
       })
       .then(function () {
-        state.joined = state.joined.filter(function (c) { return c !== chan; });
+        setJoined(state.joined.filter(function (c) { return c !== chan; }));
         push(key, { kind: 'sys', text: 'You left # ' + chan });
         if (state.current === key) open(BROADCAST);
         return refreshChannels();
@@ -353,7 +365,7 @@
     }
     if (c.kind === 'broadcast') {
       var message = envelope('broadcastmsg', { type: 'text', content: text }, { chan: null });
-      return post('send-broadcast', { websocketId: state.id, message: message }).catch(failed(c.key, 'Not sent'));
+      return post('send-broadcast', { websocketId: state.id, message: message, durable: true }).catch(failed(c.key, 'Not sent'));
     }
     // A private message is not echoed to its sender: show it now, and its receipt later.
     var receipt = $('receipt').checked;
@@ -361,7 +373,7 @@
     var item = { kind: 'msg', sender: state.id, nick: state.nick, time: Date.now(), text: text, mid: mid, receipt: receipt ? 'sending' : null };
     push(c.key, item);
     var body = envelope('privatemsg', { type: 'text', content: text }, { receiver: c.peer, mid: mid });
-    post('send-msg', { senderWebsocketId: state.id, receiveWebsocketId: c.peer, message: body, isReceipt: receipt })
+    post('send-msg', { senderWebsocketId: state.id, receiveWebsocketId: c.peer, message: body, isReceipt: receipt, durable: true })
       .catch(function (err) {
         if (item.receipt) setReceipt(item, 'failed');
         failed(c.key, 'Not sent')(err);
@@ -455,7 +467,7 @@
 
   // --- start ---------------------------------------------------------------------------
 
-  var im = new FreeIM({ preConnect: '/ws/pre-connect', websocketId: state.id });
+  var im = new FreeIM({ preConnect: '/ws/pre-connect', websocketId: state.id, durable: true });
   window.freeimDemo = { state: state, im: im }; // for the console and the browser tests
   im.on('state', showConnection);
   im.on('message', function (f) {
@@ -481,6 +493,15 @@
       })
       .catch(failed(state.current, 'Cannot load the lists'));
     if (!first && e.reconnected) push(state.current, { kind: 'sys', text: 'Reconnected' });
+  });
+  // This demo keeps no history on its business side, so there is nothing to reload: the
+  // page says what it cannot show.
+  im.on('historylost', function () {
+    $('history-notice').hidden = false;
+    push(state.current, { kind: 'sys', error: true, text: 'Messages sent while you were away could not be recovered' });
+  });
+  $('history-dismiss').addEventListener('click', function () {
+    $('history-notice').hidden = true;
   });
   im.on('close', function () {
     push(state.current, { kind: 'sys', text: 'Connection lost; reconnecting…' });

@@ -16,6 +16,17 @@
  *   im.on('receipt', ({ status, delivered, data, raw }) => …);   // status: 'delivered' | 'offline' | 'unknown'
  *   im.start();
  *
+ * With `durable: true` the sockets are durable (docs/PROTOCOL.md, "Durable sockets"): the
+ * client connects with `&resume=` the first time and `&resume=E:O` after that, so every
+ * durable message sent while it was away comes after the reconnect, once, in order. Its
+ * position (epoch:offset) is kept across reconnects and, under `freeim-position:<id>` in
+ * `sessionStorage` (option `storage`), across a reload. Messages reach `message` and
+ * `receipt` exactly as from a FreeIM socket (`raw` is the FreeIM frame, the `d` member).
+ * When a resume cannot be served (the log was lost or trimmed), the client takes the new
+ * position and says so; the page should reload what it shows from its business backend:
+ *
+ *   im.on('historylost', ({ epoch, offset, from }) => …);   // from: the position resumed from
+ *
  * `preConnect` is either the URL of FreeIM's `POST pre-connect` route (form field
  * `websocketId`, answer `{code, server, websocketId}`), or an async function
  * `(websocketId) => ({ server, websocketId })` for apps with their own route.
@@ -82,6 +93,18 @@
     return { kind: 'message', data: unwrap(v) };
   }
 
+  var POSITION = /^[0-9a-f]{16}:(0|[1-9][0-9]{0,15})$/; // a resume value E:O
+  // A durable message frame as the gateway writes it: `{"o":N,"d":` or `{"d":`, content, `}`.
+  var MESSAGE_HEAD = /^\{(?:"o":\d+,)?"d":/;
+
+  function defaultStorage() {
+    try {
+      return root.sessionStorage || null;
+    } catch (e) {
+      return null; // storage disabled
+    }
+  }
+
   function FreeIM(options) {
     if (!(this instanceof FreeIM)) return new FreeIM(options);
     options = options || {};
@@ -90,6 +113,10 @@
     for (var k in DEFAULTS) this.options[k] = options[k] !== undefined ? options[k] : DEFAULTS[k];
     this.preConnect = options.preConnect;
     this.websocketId = options.websocketId != null ? options.websocketId : null;
+    this.durable = !!options.durable;
+    this.storage = options.storage !== undefined ? options.storage : defaultStorage();
+    this.position = null; // durable: 'epoch:offset', of client `positionOf`
+    this.positionOf = null;
     this.state = 'closed';
     this.attempt = 0; // failed attempts since the last stable connection
     this.connects = 0; // successful opens so far
@@ -210,9 +237,59 @@
     });
   };
 
+  /** Durable: the position to resume from ('' from the top), loaded once per client id. */
+  FreeIM.prototype.resumeFrom = function () {
+    if (this.positionOf !== this.websocketId) {
+      var stored = null;
+      try {
+        stored = this.storage && this.storage.getItem('freeim-position:' + this.websocketId);
+      } catch (e) {
+        /* storage disabled */
+      }
+      this.positionOf = this.websocketId;
+      this.position = stored && POSITION.test(stored) ? stored : null;
+    }
+    return this.position || '';
+  };
+
+  FreeIM.prototype.setPosition = function (epoch, offset) {
+    this.position = epoch + ':' + offset;
+    try {
+      if (this.storage) this.storage.setItem('freeim-position:' + this.positionOf, this.position);
+    } catch (e) {
+      /* storage full or disabled: the position lives as long as the page */
+    }
+  };
+
+  /**
+   * Durable: handles one frame of a durable socket; returns the FreeIM frame it carries
+   * (the `d` member, verbatim), or null for a control frame.
+   */
+  FreeIM.prototype.durableFrame = function (text, from) {
+    var f = parseJson(text);
+    var v = f.ok && f.value && typeof f.value === 'object' ? f.value : {};
+    if (v.t === 'hello') {
+      if (!v.recovered) {
+        this.setPosition(v.e, v.o);
+        if (from) this.emit('historylost', { epoch: v.e, offset: v.o, from: from });
+      }
+      return null; // recovered: the position stays the one resumed from
+    }
+    if ('t' in v && v.t !== 'pos') return null; // another control frame: ignored
+    if (typeof v.o === 'number' && this.position) this.setPosition(this.position.split(':')[0], v.o);
+    if (!('d' in v)) return null;
+    var head = MESSAGE_HEAD.exec(text);
+    return head ? text.slice(head[0].length, -1) : JSON.stringify(v.d);
+  };
+
   FreeIM.prototype.open = function (url) {
     var self = this;
     var socket;
+    var from = null;
+    if (this.durable) {
+      from = this.resumeFrom();
+      url += (url.indexOf('?') < 0 ? '?' : '&') + 'resume=' + from;
+    }
     try {
       socket = new WebSocket(url);
     } catch (e) {
@@ -234,8 +311,10 @@
     };
     socket.onmessage = function (e) {
       if (self.socket !== socket || typeof e.data !== 'string') return;
-      var frame = decodeFrame(e.data);
-      frame.raw = e.data;
+      var raw = self.durable ? self.durableFrame(e.data, from) : e.data;
+      if (raw === null) return;
+      var frame = decodeFrame(raw);
+      frame.raw = raw;
       self.emit(frame.kind, frame);
     };
     socket.onclose = function (e) {
