@@ -82,6 +82,7 @@ both!(a_freeim_socket_sees_the_same_bytes_while_durable_sends_flow, |kind| async
     let cluster = Cluster::start(kind, 1).await;
     let mut freeim = RawWs::connect(&cluster.url(2).await).await;
     let (mut durable_ws, hello) = connect_durable(&cluster, 2, "").await;
+    eventually(None, || async { cluster.nodes[0].connections() == 2 }).await;
     let top = offset(&hello);
     cluster.im.durable().send_message(1, &[2], "x", false).await.unwrap();
     cluster.im.send_message(1, &[2], "y", false).await.unwrap();
