@@ -56,7 +56,8 @@ class FakeSocket {
   }
 }
 
-describe('the reconnect loop', () => {
+/** Installs FakeSocket as the global WebSocket around each test of the enclosing suite. */
+function useFakeSockets() {
   let realSocket;
   beforeEach(() => {
     FakeSocket.all = [];
@@ -66,16 +67,21 @@ describe('the reconnect loop', () => {
   afterEach(() => {
     global.WebSocket = realSocket;
   });
+}
 
-  const tick = (ms = 0) => new Promise((r) => setTimeout(r, ms));
-  /** Waits (up to 2 s) until the client has opened socket number `n` (from 1). */
-  const sockets = async (n) => {
-    for (let waited = 0; FakeSocket.all.length < n; waited += 5) {
-      assert.ok(waited < 2000, `socket ${n} never opened`);
-      await tick(5);
-    }
-    return FakeSocket.all[n - 1];
-  };
+const tick = (ms = 0) => new Promise((r) => setTimeout(r, ms));
+
+/** Waits (up to 2 s) until the client has opened socket number `n` (from 1). */
+async function sockets(n) {
+  for (let waited = 0; FakeSocket.all.length < n; waited += 5) {
+    assert.ok(waited < 2000, `socket ${n} never opened`);
+    await tick(5);
+  }
+  return FakeSocket.all[n - 1];
+}
+
+describe('the reconnect loop', () => {
+  useFakeSockets();
 
   it('fetches a fresh token for every attempt and backs off exponentially', async () => {
     let tokens = 0;
@@ -149,24 +155,7 @@ describe('the reconnect loop', () => {
 });
 
 describe('durable sockets', () => {
-  let realSocket;
-  beforeEach(() => {
-    FakeSocket.all = [];
-    realSocket = global.WebSocket;
-    global.WebSocket = FakeSocket;
-  });
-  afterEach(() => {
-    global.WebSocket = realSocket;
-  });
-
-  const tick = (ms = 0) => new Promise((r) => setTimeout(r, ms));
-  const sockets = async (n) => {
-    for (let waited = 0; FakeSocket.all.length < n; waited += 5) {
-      assert.ok(waited < 2000, `socket ${n} never opened`);
-      await tick(5);
-    }
-    return FakeSocket.all[n - 1];
-  };
+  useFakeSockets();
   /** sessionStorage's interface over a Map. */
   const memoryStorage = (entries = []) => {
     const map = new Map(entries);
