@@ -217,12 +217,18 @@ async fn a_quiet_socket_is_told_its_position_and_still_recovers() {
         im.durable().send_message(1, &[4], &i, false).await.unwrap();
     }
     let top = offset(&hello) + 2000;
-    let mut told = 0;
-    while told < top {
-        let pos = frame(&mut quiet).await;
-        assert_eq!(pos["t"], "pos", "{pos}");
-        told = offset(&pos);
-    }
+    // Pings come every second too, so bound the wait for position frames as a whole.
+    let told = tokio::time::timeout(RECOVERY, async {
+        let mut told = 0;
+        while told < top {
+            let pos = frame(&mut quiet).await;
+            assert_eq!(pos["t"], "pos", "{pos}");
+            told = offset(&pos);
+        }
+        told
+    })
+    .await
+    .expect("position frames up to the top");
     assert_eq!(told, top);
     quiet.close().await;
     let (ws, again) = connect_durable(&cluster, 2, &position(&hello, told)).await;
