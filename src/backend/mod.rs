@@ -65,11 +65,11 @@ pub enum Script {
     /// count, deleting the list entry when it reaches zero.
     LeaveChan,
     /// A socket opens. KEYS: `{P}Online`, `{P}NodeSockets{node}`; ARGV: client id, socket
-    /// id, token value. Records the socket and, only if it was not recorded yet, increments
+    /// field (its id, `d` after it when durable), token value. Records the socket and, only if it was not recorded yet, increments
     /// the client's count (FreeIM's `HINCRBY`): replaying it after a Redis restart is safe.
     /// Returns the new count, or -1 when the socket was already recorded.
     SocketOpen,
-    /// A socket closes. Same KEYS; ARGV: client id, socket id. Only if the socket was
+    /// A socket closes. Same KEYS; ARGV: client id, socket field. Only if the socket was
     /// recorded, forgets it and decrements the count, deleting it at zero (FreeIM's offline
     /// script). Returns the new count, or -1 when another node already cleaned it up, so a
     /// socket is never counted down twice.

@@ -19,7 +19,7 @@
 //! business state: FreeIM's clients join again on every connect).
 
 use super::Node;
-use super::presence::{self, Leave};
+use super::presence::{self, Leave, SocketField};
 use crate::protocol::TokenValue;
 use bytes::Bytes;
 use std::sync::Arc;
@@ -155,7 +155,7 @@ async fn clean_node(node: &Node, server: &str) -> crate::Result<usize> {
     let entries = node.client.backend().hgetall(&sockets_key).await?;
     let mut cleaned = 0;
     for (socket, value) in entries {
-        let Ok(socket_id) = socket.parse::<u64>() else {
+        let Some(field) = SocketField::parse(&socket) else {
             tracing::warn!(%socket, "dropping malformed socket record");
             let op = crate::backend::Op::HDel { key: sockets_key.clone(), fields: vec![socket] };
             node.client.backend().execute(vec![op]).await?;
@@ -170,12 +170,14 @@ async fn clean_node(node: &Node, server: &str) -> crate::Result<usize> {
                 continue;
             }
         };
-        let live_here = server == node.config.server && node.registry.holds_socket(client_id, socket_id);
+        let live_here = server == node.config.server && node.registry.holds_socket(client_id, field.id);
         if live_here {
             continue;
         }
         let token = Bytes::from(value);
-        if presence::close_socket(&node.client, &sockets_key, client_id, socket_id, &token, Leave::Now).await? {
+        // A durable client keeps its channels for `--history-ttl` (recorded away on this
+        // node), so that its resume, here after a restart or on another node, replays them.
+        if presence::close_socket(&node.client, &sockets_key, client_id, field, &token, field.leave(node)).await? {
             cleaned += 1;
         }
     }
@@ -203,7 +205,7 @@ pub(crate) async fn restore(node: &Node) -> bool {
                 &node.client,
                 &node.sockets_key,
                 conn.client_id,
-                conn.id,
+                SocketField::of(&conn),
                 &conn.token_value,
                 Leave::of(node, &conn),
             );
