@@ -26,7 +26,7 @@ use super::Node;
 use super::connection::{Conn, Kind};
 use crate::backend::{Op, Script};
 use crate::client::ImClient;
-use crate::protocol::ClientId;
+use crate::protocol::{ClientId, MembersChange};
 use bytes::Bytes;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -105,10 +105,18 @@ pub(crate) async fn open_socket(node: &Node, conn: &Conn) -> crate::Result<bool>
     Ok(recorded)
 }
 
-/// The `SocketOpen` script call for `conn`: script, KEYS, ARGV.
+/// The `SocketOpen` script call for `conn`: script, KEYS, ARGV. With the channel cache, the
+/// script also publishes the client's channels to this node (see `rooms`), every time: a
+/// restore after a lost subscription reloads them too, as changes may have been missed.
 fn open_script(node: &Node, conn: &Conn) -> (Script, Vec<String>, Vec<String>) {
-    let keys = vec![node.client.keys().online().to_owned(), node.sockets_key.clone()];
-    let args = vec![conn.client_id.to_string(), SocketField::of(conn).text(), token_text(&conn.token_value)];
+    let names = node.client.keys();
+    let mut keys = vec![names.online().to_owned(), node.sockets_key.clone()];
+    let mut args = vec![conn.client_id.to_string(), SocketField::of(conn).text(), token_text(&conn.token_value)];
+    if node.config.chan_cache {
+        keys.push(names.client(conn.client_id));
+        args.push(names.server(&node.config.server));
+        args.push(format!("{}{}:", MembersChange::chans_prefix(), conn.client_id));
+    }
     (Script::SocketOpen, keys, args)
 }
 
