@@ -29,8 +29,10 @@ pub(crate) struct Rooms {
 
 impl Rooms {
     /// Applies one change; `connected` says whether a client has a socket on this node.
+    /// Client 0 (the system) is never a member, as the reference skips it.
     pub(crate) fn apply(&mut self, change: MembersChange, connected: impl Fn(ClientId) -> bool) {
         match change {
+            MembersChange::Join(0, _) | MembersChange::Chans(0, _) => {}
             MembersChange::Join(id, chan) => {
                 if connected(id) || self.chans.contains_key(&id) {
                     self.join(id, chan.into());
@@ -103,6 +105,7 @@ mod tests {
             Join(1, "a".into()),
             Join(2, "a".into()),
             Join(9, "a".into()), // not connected here, not known: its list comes when it connects
+            Join(0, "a".into()), // the system
             Chans(3, vec!["a".into(), "b".into()]),
             Join(3, "c".into()), // known from its list
             Leave(2, "a".into()),
