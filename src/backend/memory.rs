@@ -408,11 +408,15 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Scan positions are below this: at most 18 decimal digits, like the short cursors of Redis
+/// (the HTTP API documents cursors as at most 19 digits).
+const SCAN_POSITIONS: u64 = 1_000_000_000_000_000_000;
+
 /// Where `field` comes in a scan of the in-process broker: a hash of it that is never 0
 /// (cursor 0 means "start" and "done", as on Redis). Stable within the process.
 fn scan_position(field: &str) -> u64 {
     use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-    BuildHasherDefault::<DefaultHasher>::default().hash_one(field).max(1)
+    (BuildHasherDefault::<DefaultHasher>::default().hash_one(field) % SCAN_POSITIONS).max(1)
 }
 
 #[cfg(test)]
