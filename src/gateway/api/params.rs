@@ -71,6 +71,28 @@ impl Params {
         self.take_raw(field).ok_or_else(|| ApiError::MissingField(self.name(field)))
     }
 
+    /// A JSON integer in the signed 64-bit range. As in JSON Schema, a number with no
+    /// fractional part is an integer however it is written (`5`, `5.0`, `5e0`); written as
+    /// a float, it is taken at its `f64` value (as a JSON Schema validator does). Written
+    /// as an integer, it must fit exactly (`-9223372036854775809` does not).
+    fn integer(raw: &RawValue) -> Option<i64> {
+        /// 2^63: the first integer above `i64::MAX`, exact as an `f64`.
+        const TWO_TO_63: f64 = 9_223_372_036_854_775_808.0;
+        let text = raw.get();
+        if !text.contains(['.', 'e', 'E']) {
+            return text.parse().ok();
+        }
+        // The standard library's parse is correctly rounded (serde_json's, by default, may be
+        // one unit off: -3644754397156922.0 would come out with a fraction).
+        let float: f64 = text.parse().ok()?;
+        (float.fract() == 0.0 && (-TWO_TO_63..TWO_TO_63).contains(&float)).then_some(float as i64)
+    }
+
+    /// The items of an array field, raw; `None` when it is not an array.
+    fn items(raw: &RawValue) -> Option<Vec<Box<RawValue>>> {
+        serde_json::from_str(raw.get()).ok()
+    }
+
     fn value(raw: &RawValue) -> Value {
         // Already checked to be JSON when the body was read.
         serde_json::from_str(raw.get()).unwrap_or(Value::Null)
@@ -79,7 +101,7 @@ impl Params {
     /// A required client id.
     pub(super) fn id(&mut self, field: &str) -> Result<ClientId, ApiError> {
         let raw = self.required(field)?;
-        Self::value(&raw).as_i64().ok_or_else(|| ApiError::InvalidId(self.name(field)))
+        Self::integer(&raw).ok_or_else(|| ApiError::InvalidId(self.name(field)))
     }
 
     /// An optional client id, `default` when absent.
@@ -93,13 +115,13 @@ impl Params {
 
     /// A required array of client ids.
     pub(super) fn ids(&mut self, field: &str) -> Result<Vec<ClientId>, ApiError> {
-        let Value::Array(items) = Self::value(&self.required(field)?) else {
+        let Some(items) = Self::items(&self.required(field)?) else {
             return Err(ApiError::InvalidType { field: self.name(field), expected: "an array of integer client ids" });
         };
-        let id = |(i, item): (usize, &Value)| {
-            item.as_i64().ok_or_else(|| ApiError::InvalidId(self.name(&format!("{field}[{i}]"))))
+        let id = |(i, item): (usize, &RawValue)| {
+            Self::integer(item).ok_or_else(|| ApiError::InvalidId(self.name(&format!("{field}[{i}]"))))
         };
-        items.iter().enumerate().map(id).collect()
+        items.iter().map(AsRef::as_ref).enumerate().map(id).collect()
     }
 
     /// A required, non-empty channel name.
@@ -154,14 +176,19 @@ impl Params {
 
     /// An optional page size in 1..=[`MAX_PAGE`], [`DEFAULT_PAGE`] when absent.
     pub(super) fn count(&mut self, field: &str) -> Result<u64, ApiError> {
-        let Some(value) = self.take_raw(field).map(|raw| Self::value(&raw)) else { return Ok(DEFAULT_PAGE) };
-        match value.as_u64() {
-            Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
-            Some(_) | None if value.is_i64() || value.is_u64() => Err(ApiError::InvalidValue {
+        let Some(raw) = self.take_raw(field) else { return Ok(DEFAULT_PAGE) };
+        match Self::integer(&raw) {
+            Some(n) if (1..=MAX_PAGE as i64).contains(&n) => Ok(n as u64),
+            Some(_) => Err(ApiError::InvalidValue {
                 field: self.name(field),
                 reason: format!("must be between 1 and {MAX_PAGE}"),
             }),
-            _ => Err(ApiError::InvalidType { field: self.name(field), expected: "an integer" }),
+            // An integer past the 64-bit range is out of range too, not of the wrong type.
+            None if Self::value(&raw).as_f64().is_some_and(|f| f.fract() == 0.0) => Err(ApiError::InvalidValue {
+                field: self.name(field),
+                reason: format!("must be between 1 and {MAX_PAGE}"),
+            }),
+            None => Err(ApiError::InvalidType { field: self.name(field), expected: "an integer" }),
         }
     }
 
@@ -265,6 +292,18 @@ mod tests {
             let error = read(&mut params(body)).unwrap_err();
             assert_eq!((error.code(), error.to_string().as_str()), (*code, *message), "{body}");
         }
+    }
+
+    #[test]
+    fn integral_numbers_are_integers_as_in_json_schema() {
+        let mut p = params(r#"{"a":5.0,"b":[-3e2,7],"c":9.2233720368547758e18,"d":-9223372036854775809,"count":2.0}"#);
+        assert_eq!((p.id("a").unwrap(), p.ids("b").unwrap(), p.count("count").unwrap()), (5, vec![-300, 7], 2));
+        assert_eq!(p.id("c").unwrap_err().code(), "invalid_id", "2^63 is out of range");
+        assert_eq!(p.id("d").unwrap_err().code(), "invalid_id", "i64::MIN - 1 is out of range");
+        let mut p = params(r#"{"a":-9.223372036854776e18,"count":1.5,"n":1e30,"b":-3644754397156922.0}"#);
+        assert_eq!((p.id("a").unwrap(), p.id("b").unwrap()), (i64::MIN, -3644754397156922));
+        assert_eq!(p.count("count").unwrap_err().code(), "invalid_type");
+        assert_eq!(p.count("n").unwrap_err().code(), "invalid_value");
     }
 
     #[test]
