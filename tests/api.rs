@@ -646,3 +646,28 @@ async fn the_all_in_one_serves_the_api_and_prints_how_to_call_it() {
     assert_eq!(answer, (200, json!({"nodes": [{"server": gateway, "alive": true, "connections": 0}]})));
     assert_eq!(post(&gateway, "info", &[("X-API-Key", "guess")], "").await.0, 401);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn freeim_server_takes_keys_from_flags_and_the_environment_and_never_logs_them() {
+    let redis = RedisServer::start();
+    let node = free_addr();
+    let (url, flag_keys, env_key) = (redis.url(), "flag-key-1,flag-key-2", "env-key-3");
+    let server = ["server", "--redis", url.as_str(), "--server", node.as_str(), "--servers", node.as_str()];
+    // The flag wins over the variable, as for every setting.
+    let args: Vec<&str> = server.iter().copied().chain(["--api-key", flag_keys]).collect();
+    let freeim = FreeimProcess::start(&args, &[("RUST_LOG", "debug"), ("FREEIM_API_KEY", env_key)], &node, 200).await;
+    for (key, status) in [("flag-key-1", 200), ("flag-key-2", 200), (env_key, 401), ("wrong-key-4", 401)] {
+        assert_eq!(post(&node, "info", &[("X-API-Key", key)], "{}").await.0, status, "{key}");
+    }
+    assert_eq!(post(&node, "send", &[("Authorization", "apikey flag-key-1")], "{").await.0, 400);
+    freeim.terminate();
+    let stderr = freeim.stderr_text();
+    assert!(stderr.contains("API call refused"), "refusals are logged:\n{stderr}");
+    for secret in ["flag-key", "env-key", "wrong-key"] {
+        assert!(!stderr.contains(secret), "{secret} in the log:\n{stderr}");
+    }
+    let env_only = run(&server, &[("FREEIM_API_KEY", "a b")], WAIT);
+    assert_eq!(env_only.code, Some(2), "{env_only:?}");
+    assert!(env_only.stderr.contains("--api-key: each key must be printable ASCII"), "{}", env_only.stderr);
+    assert!(!env_only.stderr.contains("a b"), "{}", env_only.stderr);
+}
