@@ -5,10 +5,8 @@
 //! `batch` runs its commands concurrently on the one multiplexed Redis connection: they are
 //! issued in order, pipelined, and answered in order, one reply each.
 
-use super::content::Content;
 use super::error::ApiError;
 use super::params::Params;
-use crate::ImClient;
 use crate::gateway::Node;
 use futures_util::future::join_all;
 use serde_json::value::RawValue;
@@ -131,7 +129,10 @@ async fn run(node: &Node, method: Method, mut p: Params) -> Result<Value, ApiErr
         Method::Broadcast => {
             let (content, durable) = (p.content()?, p.flag("durable")?);
             p.finish()?;
-            let sent = broadcast(im, &content, durable).await;
+            let sent = match durable {
+                true => im.durable().send_broadcast_message(&content).await,
+                false => im.send_broadcast_message(&content).await,
+            };
             sent.map_err(client).map(|()| json!({}))
         }
         Method::ForceOffline => {
@@ -208,13 +209,6 @@ async fn run(node: &Node, method: Method, mut p: Params) -> Result<Value, ApiErr
             info(node).await
         }
         Method::Batch => Err(ApiError::NestedBatch),
-    }
-}
-
-async fn broadcast(im: &ImClient, content: &Content, durable: bool) -> crate::Result<()> {
-    match durable {
-        true => im.durable().send_broadcast_message(content).await,
-        false => im.send_broadcast_message(content).await,
     }
 }
 
