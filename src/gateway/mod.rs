@@ -171,9 +171,12 @@ impl Gateway {
         let tasks = TaskTracker::new();
         tasks.spawn(listener::run(node.clone(), listener, listener::handle));
         if let Some(api_listener) = api_listener {
-            tasks.spawn(listener::run(node.clone(), api_listener, |node, stream, _| {
+            let serve = |node, stream: tokio::net::TcpStream, _| {
+                // Small answers on kept-alive connections: no Nagle delay.
+                let _ = stream.set_nodelay(true);
                 api::serve(node, stream, Vec::new())
-            }));
+            };
+            tasks.spawn(listener::run(node.clone(), api_listener, serve));
             tracing::info!(addr = ?api_addr, "HTTP API listening");
         }
         tasks.spawn(dispatch::run(node.clone(), subscription, log, resume_requests));
