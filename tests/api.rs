@@ -671,3 +671,29 @@ async fn freeim_server_takes_keys_from_flags_and_the_environment_and_never_logs_
     assert!(env_only.stderr.contains("--api-key: each key must be printable ASCII"), "{}", env_only.stderr);
     assert!(!env_only.stderr.contains("a b"), "{}", env_only.stderr);
 }
+
+/// A batch is pipelined: with Redis frozen (every reply times out after 5 s), its commands
+/// time out together, not one after the other (4 × 5 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_commands_are_pipelined_not_one_round_trip_each() {
+    let api = Api::start().await;
+    let commands: Vec<Value> =
+        ["a", "b", "c", "d"].map(|c| json!({"method": "chan_online", "params": {"chan": c}})).into();
+    let body = json!({ "commands": commands }).to_string();
+    api.redis().pause();
+    let started = std::time::Instant::now();
+    let mut stream = TcpStream::connect(api.cluster.addr(0)).await.unwrap();
+    stream.write_all(request("POST", "/api/batch", &[("X-API-Key", KEY)], &body).as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(15), stream.read_to_end(&mut answer)).await;
+    let elapsed = started.elapsed();
+    api.redis().resume();
+    read.expect("an answer").unwrap();
+    let answer = String::from_utf8(answer).unwrap();
+    let unavailable = error("unavailable", "Redis is unreachable; retry later");
+    assert!(
+        answer.ends_with(&json!({"replies": [&unavailable, &unavailable, &unavailable, &unavailable]}).to_string()),
+        "{answer}"
+    );
+    assert!(elapsed < std::time::Duration::from_secs(10), "{elapsed:?}: one round trip each");
+}
