@@ -13,7 +13,7 @@ use crate::backend::{Backend, Op, PubSubMessage, RedisBackend, SUBSCRIPTION_QUEU
 use crate::cluster_names::{DEFAULT_PATH, check_node_name, check_path};
 use crate::durable::Epoch;
 use crate::error::{Error, Result};
-use crate::protocol::{self, ChanMessage, ClientId, DirectMessage, Keys, NodeCommand, TokenValue};
+use crate::protocol::{self, ChanMessage, ClientId, DirectMessage, Keys, MembersChange, NodeCommand, TokenValue};
 use bytes::Bytes;
 use futures_util::Stream;
 use serde::Serialize;
@@ -497,10 +497,17 @@ impl ImClient {
         let keys = &self.shared.keys;
         let ops = pairs
             .filter(|(_, chan)| !chan.is_empty())
-            .map(|(member, chan)| Op::Eval {
-                script,
-                keys: vec![keys.chan(chan), format!("{}Client{member}", keys.prefix()), keys.list_chan().to_owned()],
-                args: vec![member, chan.to_owned()],
+            .map(|(member, chan)| {
+                let keys =
+                    vec![keys.chan(chan), format!("{}Client{member}", keys.prefix()), keys.list_chan().to_owned()];
+                let mut args = vec![member, chan.to_owned()];
+                // The member's node keeps its channels in memory: tell it in the same step.
+                if let Ok(id) = args[0].parse::<ClientId>() {
+                    let joined = script == Script::JoinChan;
+                    args.push(self.shared.server_channels[self.node_of(id)].clone());
+                    args.push(MembersChange::encode_join(joined, &args[0], chan));
+                }
+                Op::Eval { script, keys, args }
             })
             .collect();
         Ok(self.shared.backend.execute(ops).await?)

@@ -18,6 +18,13 @@ pub type ClientId = i64;
 const FORCE_OFFLINE_PREFIX: &str = "__FreeIM__(ForceOffline)";
 /// Prefix of a node-channel payload carrying a channel (or broadcast) message.
 const CHAN_MESSAGE_PREFIX: &str = "__FreeIM__(ChanMessage)";
+/// Ours: a client joined a channel (`<id>:<chan>`), published by the join script.
+const JOIN_PREFIX: &str = "__FreeIM__(Join)";
+/// Ours: a client left a channel (`<id>:<chan>`), published by the leave script.
+const LEAVE_PREFIX: &str = "__FreeIM__(Leave)";
+/// Ours: all channels of a client (`<id>:<JSON array>`), published when a socket opens.
+/// Written by Lua's `cjson`, which encodes an empty list as `{}`.
+const CHANS_PREFIX: &str = "__FreeIM__(Chans)";
 /// Receipt status when the receiver had at least one socket on its node.
 pub const RECEIPT_DELIVERED: &str = "发送成功";
 /// Receipt status when the receiver had no socket on its node.
@@ -224,6 +231,46 @@ pub enum NodeCommand {
     Chan(ChanMessage),
     /// Any other payload: a direct-message tuple.
     Direct(DirectMessage),
+    /// Ours: a change of a client's channels, which nodes apply to the memberships they
+    /// keep in memory (see `gateway::rooms`).
+    Members(MembersChange),
+}
+
+/// A change of one client's channel memberships, in Redis's order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MembersChange {
+    /// `__FreeIM__(Join)<id>:<chan>`
+    Join(ClientId, String),
+    /// `__FreeIM__(Leave)<id>:<chan>`
+    Leave(ClientId, String),
+    /// `__FreeIM__(Chans)<id>:<JSON array of channels>`: every channel of the client.
+    Chans(ClientId, Vec<String>),
+}
+
+impl MembersChange {
+    /// The payload of a join (`joined`) or leave of `chan` by `client`.
+    pub fn encode_join(joined: bool, client: &str, chan: &str) -> String {
+        format!("{}{client}:{chan}", if joined { JOIN_PREFIX } else { LEAVE_PREFIX })
+    }
+
+    /// The prefix of a client's channel list; the script appends `<id>:<JSON array>`.
+    pub fn chans_prefix() -> &'static str {
+        CHANS_PREFIX
+    }
+
+    fn parse(prefix: &str, rest: &[u8]) -> Result<Self, ProtocolError> {
+        let bad = || ProtocolError::Members(String::from_utf8_lossy(&rest[..rest.len().min(100)]).into_owned());
+        let colon = rest.iter().position(|b| *b == b':').ok_or_else(bad)?;
+        let id: ClientId = std::str::from_utf8(&rest[..colon]).ok().and_then(|t| t.parse().ok()).ok_or_else(bad)?;
+        let tail = &rest[colon + 1..];
+        let text = || std::str::from_utf8(tail).map(str::to_owned).map_err(|_| bad());
+        Ok(match prefix {
+            JOIN_PREFIX => MembersChange::Join(id, text()?),
+            LEAVE_PREFIX => MembersChange::Leave(id, text()?),
+            _ if tail == b"{}" => MembersChange::Chans(id, Vec::new()),
+            _ => MembersChange::Chans(id, serde_json::from_slice(tail)?),
+        })
+    }
 }
 
 /// Why a payload from the network or Redis could not be understood.
@@ -235,6 +282,9 @@ pub enum ProtocolError {
     /// A force-offline payload whose id is not a decimal 64-bit integer.
     #[error("malformed client id {0:?} in force-offline payload")]
     ClientId(String),
+    /// A membership change that is not `<id>:<chan>` (or `<id>:<JSON array>`).
+    #[error("malformed membership change {0:?}")]
+    Members(String),
 }
 
 impl NodeCommand {
@@ -251,6 +301,11 @@ impl NodeCommand {
         if let Some(rest) = payload.strip_prefix(CHAN_MESSAGE_PREFIX.as_bytes()) {
             return Ok(NodeCommand::Chan(serde_json::from_slice(rest)?));
         }
+        for prefix in [JOIN_PREFIX, LEAVE_PREFIX, CHANS_PREFIX] {
+            if let Some(rest) = payload.strip_prefix(prefix.as_bytes()) {
+                return MembersChange::parse(prefix, rest).map(NodeCommand::Members);
+            }
+        }
         Ok(NodeCommand::Direct(serde_json::from_slice(payload)?))
     }
 
@@ -260,6 +315,13 @@ impl NodeCommand {
             NodeCommand::ForceOffline(id) => format!("{FORCE_OFFLINE_PREFIX}{id}"),
             NodeCommand::Chan(msg) => msg.encode(),
             NodeCommand::Direct(msg) => to_json(msg),
+            NodeCommand::Members(MembersChange::Join(id, chan)) => {
+                MembersChange::encode_join(true, &id.to_string(), chan)
+            }
+            NodeCommand::Members(MembersChange::Leave(id, chan)) => {
+                MembersChange::encode_join(false, &id.to_string(), chan)
+            }
+            NodeCommand::Members(MembersChange::Chans(id, chans)) => format!("{CHANS_PREFIX}{id}:{}", to_json(chans)),
         }
     }
 }
@@ -404,7 +466,15 @@ mod tests {
                     receipt: false,
                 }),
             ),
+            ("__FreeIM__(Join)7:room:a", NodeCommand::Members(MembersChange::Join(7, "room:a".into()))),
+            ("__FreeIM__(Leave)-2:", NodeCommand::Members(MembersChange::Leave(-2, String::new()))),
+            (
+                r#"__FreeIM__(Chans)7:["a","b"]"#,
+                NodeCommand::Members(MembersChange::Chans(7, vec!["a".into(), "b".into()])),
+            ),
         ];
+        let empty = NodeCommand::parse(b"__FreeIM__(Chans)7:{}").unwrap();
+        assert_eq!(empty, NodeCommand::Members(MembersChange::Chans(7, Vec::new())));
         for (wire, cmd) in cases {
             assert_eq!(NodeCommand::parse(wire.as_bytes()).unwrap(), cmd);
             assert_eq!(cmd.encode(), wire);
@@ -423,6 +493,12 @@ mod tests {
             b"{\"Item1\":1}",
             b"\xff\xfe",
             b"[1,2,3]",
+            b"__FreeIM__(Join)",
+            b"__FreeIM__(Join)x:room",
+            b"__FreeIM__(Leave)7",
+            b"__FreeIM__(Join)7:\xff",
+            b"__FreeIM__(Chans)7:[1]",
+            b"__FreeIM__(Chans)7:{\"a\":1}",
         ];
         for payload in bad {
             assert!(NodeCommand::parse(payload).is_err(), "{payload:?}");

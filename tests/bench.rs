@@ -1,6 +1,7 @@
-//! The load generator's smoke run: `freeim bench all --smoke` starts its own Redis, gateway
+//! The load generator's smoke runs: `freeim bench all --smoke` starts its own Redis, gateway
 //! nodes, raw baseline and workers, runs every scenario at tiny sizes, and must finish with
-//! no connection failed and no message missing (it exits non-zero otherwise).
+//! no connection failed and no message missing (it exits non-zero otherwise); `freeim bench
+//! resume` at a small size must recover every socket with exactly its gap.
 
 mod common;
 use common::*;
@@ -36,4 +37,20 @@ fn bench_smoke_suite_completes_with_nothing_missing() {
         assert!(done > 0, "nothing measured: {record}");
     }
     assert!(stdout.contains("Ours against the raw baseline"), "{stdout}");
+}
+
+#[test]
+fn bench_resume_storm_recovers_every_socket_with_its_gap() {
+    let json = std::env::temp_dir().join(format!("freeim-bench-resume-{}.jsonl", std::process::id()));
+    let _ = std::fs::remove_file(&json);
+    let args = ["bench", "resume", "--connections", "300", "--gap", "10", "--json", json.to_str().unwrap()];
+    let Finished { code, stdout, stderr } = run(&args, &[("RUST_LOG", "warn")], SMOKE_WITHIN);
+    assert_eq!(code, Some(0), "bench failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    let line = std::fs::read_to_string(&json).expect("JSON line written");
+    let _ = std::fs::remove_file(&json);
+    let record: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+    assert_eq!(record["scenario"], "resume-storm", "{record}");
+    let counts = ["size", "ok", "failed", "delivered", "missing"].map(|k| record[k].as_u64());
+    assert_eq!(counts, [Some(300), Some(300), Some(0), Some(3_000), Some(0)], "{record}");
+    assert!(record["all_current_s"].as_f64().is_some_and(|s| s > 0.0), "{record}");
 }

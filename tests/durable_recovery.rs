@@ -533,3 +533,41 @@ async fn a_restarted_node_serves_resumes_from_the_log_in_redis() {
     cluster.expect_metric(0, "freeim_resumes_total{result=\"recovered\"}", 1).await;
     cluster.shutdown_after(ws).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_client_keeps_its_channels_across_a_node_crash() {
+    let redis = RedisServer::start();
+    let addr = free_addr();
+    let servers = vec![addr.clone()];
+    let mut node = start_node(&redis, &addr, &servers).await;
+    let im = ImClient::connect(&redis.url(), ImClientOptions::new(servers.clone())).unwrap();
+    let (mut ws, hello) = connect_durable(&im, 1, "").await;
+    let got = Received::new(&hello);
+    im.join_chan(1, &["room"]).await.unwrap();
+    let sockets = format!("im_v2_wsNodeSockets{addr}");
+    let fields = redis.fields(&sockets);
+    assert!(fields.len() == 1 && fields[0].ends_with('d'), "a durable socket's record: {fields:?}");
+    node.kill();
+    loop {
+        match ws.next_or_end(WAIT).await {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the killed node's socket did not end"),
+            Err(_) => break,
+        }
+    }
+    im.durable().send_chan_message(2, "room", "missed").await.unwrap();
+
+    // The next run cleans the crashed run's record, but a durable client keeps its channels
+    // for --history-ttl: it is recorded away instead.
+    let node = start_node(&redis, &addr, &servers).await;
+    eventually(None, || async { redis.fields(&sockets).is_empty() }).await;
+    assert_eq!(redis.fields("im_v2_wsChanroom"), ["1"]);
+    assert_eq!(redis.fields(&format!("im_v2_wsNodeAway{addr}")), ["1"]);
+    let (mut ws, hello) = connect_durable(&im, 1, &got.resume()).await;
+    assert_eq!(hello["recovered"], true, "{hello}");
+    let top = offset(&hello);
+    assert_eq!(ws.recv_text().await, format!(r#"{{"o":{top},"d":"missed"}}"#));
+    assert_eq!(ws.recv_text().await, format!(r#"{{"t":"pos","o":{top}}}"#));
+    ws.close().await;
+    drop(node);
+}

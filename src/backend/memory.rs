@@ -73,9 +73,22 @@ impl State {
         Ok(value)
     }
 
-    /// Runs a script; its integer reply (the reference's scripts all answer 1).
-    fn eval(&mut self, script: Script, keys: &[String], args: &[String]) -> Result<i64, BackendError> {
+    /// Runs a script; its integer reply (the reference's scripts all answer 1). What it
+    /// publishes goes to `publishes`, for after the lock.
+    fn eval(
+        &mut self,
+        script: Script,
+        keys: &[String],
+        args: &[String],
+        publishes: &mut Vec<PubSubMessage>,
+    ) -> Result<i64, BackendError> {
         let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or_default();
+        let mut publish = |channel: &str, payload: String| {
+            publishes.push(PubSubMessage { channel: channel.to_owned(), payload: payload.into() });
+        };
+        if matches!(script, Script::JoinChan | Script::LeaveChan) && args.len() >= 4 {
+            publish(arg(2), arg(3).to_owned());
+        }
         let key = |i: usize| keys.get(i).map(String::as_str).unwrap_or_default();
         match script {
             Script::JoinChan => {
@@ -95,6 +108,10 @@ impl State {
                 }
             }
             Script::SocketOpen => {
+                if keys.len() >= 3 {
+                    let chans: Vec<&String> = self.hashes.get(key(2)).map(|h| h.keys().collect()).unwrap_or_default();
+                    publish(arg(3), format!("{}{}", arg(4), crate::protocol::to_json(&chans)));
+                }
                 let sockets = self.hash(key(1));
                 if sockets.contains_key(arg(1)) {
                     return Ok(-1);
@@ -224,7 +241,7 @@ impl MemoryBackend {
                         }
                     }
                     Op::Eval { script, keys, args } => {
-                        state.eval(script, &keys, &args)?;
+                        state.eval(script, &keys, &args, &mut publishes)?;
                     }
                     Op::LogAppend { log, meta, channel, payloads, size, ttl_ms, fresh_epoch, fingerprint } => {
                         let epoch = state.log_epoch(&log, &meta, fresh_epoch, &fingerprint);
@@ -258,7 +275,12 @@ impl MemoryBackend {
     }
 
     pub(super) async fn eval(&self, script: Script, keys: Vec<String>, args: Vec<String>) -> Result<i64, BackendError> {
-        self.state().eval(script, &keys, &args)
+        let mut publishes = Vec::new();
+        let reply = self.state().eval(script, &keys, &args, &mut publishes)?;
+        for message in publishes {
+            self.publish(message).await;
+        }
+        Ok(reply)
     }
 
     pub(super) async fn set_ex(&self, key: &str, value: &str, ttl_secs: u64) -> Result<(), BackendError> {

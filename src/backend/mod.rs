@@ -55,21 +55,30 @@ pub enum BackendError {
     },
 }
 
-/// FreeIM's server-side Lua scripts, in the exact text the reference sends.
+/// The server-side Lua scripts: FreeIM's, and ours for presence and memberships.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Script {
-    /// KEYS: `{P}Chan{chan}`, `{P}Client{id}`, `{P}ListChan`; ARGV: id, chan.
-    /// Adds the membership once and counts it in the channel list.
+    /// KEYS: `{P}Chan{chan}`, `{P}Client{id}`, `{P}ListChan`; ARGV: id, chan, and
+    /// optionally a node channel and a payload. FreeIM's join script (the same Redis
+    /// effects: adds the membership once and counts it in the channel list), then, when
+    /// ARGV 3 and 4 are given, `PUBLISH`es the membership change to the client's node in
+    /// the same atomic step, so the node's memory of the channel stays in Redis's order.
     JoinChan,
-    /// Same KEYS/ARGV as [`Script::JoinChan`]; removes the membership and decrements the
-    /// count, deleting the list entry when it reaches zero.
+    /// Same KEYS/ARGV as [`Script::JoinChan`]; FreeIM's leave script (removes the
+    /// membership and decrements the count, deleting the list entry when it reaches zero),
+    /// then the same optional `PUBLISH`.
     LeaveChan,
-    /// A socket opens. KEYS: `{P}Online`, `{P}NodeSockets{node}`; ARGV: client id, socket
-    /// id, token value. Records the socket and, only if it was not recorded yet, increments
-    /// the client's count (FreeIM's `HINCRBY`): replaying it after a Redis restart is safe.
-    /// Returns the new count, or -1 when the socket was already recorded.
+    /// A socket opens. KEYS: `{P}Online`, `{P}NodeSockets{node}`, and optionally
+    /// `{P}Client{id}`; ARGV: client id, socket field (its id, `d` after it when durable),
+    /// token value, and with the third key the node's channel and the payload prefix
+    /// `__FreeIM__(Chans)<id>:`. With them, it first publishes the prefix and the client's
+    /// channels as a JSON array (`cjson`: `{}` when empty), so the node learns them in
+    /// Redis's order, and no later than the client counts as online. Then it records the
+    /// socket and, only if it was not recorded yet, increments the client's count (FreeIM's
+    /// `HINCRBY`): replaying it after a Redis restart is safe. Returns the new count, or -1
+    /// when the socket was already recorded.
     SocketOpen,
-    /// A socket closes. Same KEYS; ARGV: client id, socket id. Only if the socket was
+    /// A socket closes. Same KEYS; ARGV: client id, socket field. Only if the socket was
     /// recorded, forgets it and decrements the count, deleting it at zero (FreeIM's offline
     /// script). Returns the new count, or -1 when another node already cleaned it up, so a
     /// socket is never counted down twice.
@@ -81,13 +90,14 @@ impl Script {
     pub(crate) fn lua(self) -> &'static str {
         match self {
             Script::JoinChan => {
-                "if redis.call('HSETNX',KEYS[1],ARGV[1],0)==1 then redis.call('HSET',KEYS[2],ARGV[2],0) redis.call('HINCRBY',KEYS[3],ARGV[2],1) end return 1"
+                "if redis.call('HSETNX',KEYS[1],ARGV[1],0)==1 then redis.call('HSET',KEYS[2],ARGV[2],0) redis.call('HINCRBY',KEYS[3],ARGV[2],1) end if ARGV[4] then redis.call('PUBLISH',ARGV[3],ARGV[4]) end return 1"
             }
             Script::LeaveChan => {
-                "if redis.call('HDEL',KEYS[1],ARGV[1])==1 then redis.call('HDEL',KEYS[2],ARGV[2]) if redis.call('HINCRBY',KEYS[3],ARGV[2],-1)<=0 then redis.call('HDEL',KEYS[3],ARGV[2]) end end return 1"
+                "if redis.call('HDEL',KEYS[1],ARGV[1])==1 then redis.call('HDEL',KEYS[2],ARGV[2]) if redis.call('HINCRBY',KEYS[3],ARGV[2],-1)<=0 then redis.call('HDEL',KEYS[3],ARGV[2]) end end if ARGV[4] then redis.call('PUBLISH',ARGV[3],ARGV[4]) end return 1"
             }
             Script::SocketOpen => {
-                "if redis.call('HSETNX', KEYS[2], ARGV[2], ARGV[3]) == 1 then return redis.call('HINCRBY', KEYS[1], ARGV[1], 1) end return -1"
+                "if KEYS[3] then redis.call('PUBLISH', ARGV[4], ARGV[5] .. cjson.encode(redis.call('HKEYS', KEYS[3]))) end \
+                 if redis.call('HSETNX', KEYS[2], ARGV[2], ARGV[3]) == 1 then return redis.call('HINCRBY', KEYS[1], ARGV[1], 1) end return -1"
             }
             Script::SocketClose => {
                 "if redis.call('HDEL', KEYS[2], ARGV[2]) == 1 then local n = redis.call('HINCRBY', KEYS[1], ARGV[1], -1) if n <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end return n end return -1"

@@ -78,6 +78,11 @@ pub struct GatewayConfig {
     pub history_size: u64,
     /// How long a durable message stays in this node's log.
     pub history_ttl: Duration,
+    /// Keep the channel members of this node's clients in memory, updated by the changes
+    /// our join and leave scripts publish (default). Off: read them from Redis for each
+    /// batch of channel messages, as FreeIM does; needed when a .NET ImHelper (FreeIM's own
+    /// scripts, which publish nothing) joins or leaves channels.
+    pub chan_cache: bool,
     /// The HTTP API (`POST /api/<method>`); `None`: no API, `/api/…` answers 404.
     pub api: Option<ApiConfig>,
 }
@@ -311,6 +316,12 @@ settings! {
             help = with_default("Seconds a durable message stays in this node's log",
                 DEFAULT_HISTORY_TTL.as_secs())))]
         pub history_ttl: Option<u64>,
+        /// `--chan-cache`: see [`GatewayConfig::chan_cache`].
+        #[cfg_attr(feature = "cli", arg(long, env = "FREEIM_CHAN_CACHE", value_name = "on|off",
+            value_parser = clap::builder::BoolishValueParser::new(),
+            help = with_default("Keep channel members in memory; off: read them from Redis per batch of \
+                channel messages, as FreeIM (needed when a .NET ImHelper joins or leaves channels)", "on")))]
+        pub chan_cache: Option<bool>,
         /// `--api-key`: see [`ApiConfig::keys`]. Repeat the flag, or give a comma list.
         #[cfg_attr(feature = "cli", arg(long, env = "FREEIM_API_KEY", value_name = "KEY", value_delimiter = ',',
             help = with_default("Enable the HTTP API (POST /api/<method>) for callers presenting this key; \
@@ -391,6 +402,7 @@ impl Settings {
             return Err(invalid("history-size", "must be at least 1"));
         }
         Ok(GatewayConfig {
+            chan_cache: self.chan_cache.unwrap_or(true),
             api: resolve_api(self.api_key, self.api_listen, self.api_max_body)?,
             history_size,
             history_ttl: seconds("history-ttl", self.history_ttl, DEFAULT_HISTORY_TTL.as_secs())?,

@@ -5,7 +5,9 @@
 //! - each message's frame is encoded once and shared by all its sockets;
 //! - consecutive messages to the same audience (same channel and sender, or broadcast) are
 //!   merged, so each socket gets all of them in one vectored write;
-//! - the member lists of the batch's channels are fetched in one pipelined round trip;
+//! - channel members come from the node's memory ([`Rooms`], kept in Redis's order by the
+//!   membership changes on the same channel), or, with `--chan-cache off`, are fetched for
+//!   the batch's channels in one pipelined round trip;
 //! - receipts of the whole batch go out in one pipeline after the writes.
 //!
 //! Order is kept: groups are written in the order their messages arrived, and a force
@@ -15,10 +17,11 @@ use super::Node;
 use super::connection::{CloseReason, Conn, Kind};
 use super::log::{Entry, Item, NodeLog};
 use super::resume::{self, ResumeRequest};
+use super::rooms::Rooms;
 use super::websocket;
 use crate::backend::{Op, Subscription};
 use crate::durable;
-use crate::protocol::{self, ChanMessage, ClientId, DirectMessage, NodeCommand, Receipt};
+use crate::protocol::{self, ChanMessage, ClientId, DirectMessage, MembersChange, NodeCommand, Receipt};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -43,6 +46,7 @@ pub(crate) async fn run(
     let mut ticks = tokio::time::interval(LOG_TICK);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut positions_due = node.now_ms();
+    let mut rooms = Rooms::default();
     loop {
         tokio::select! {
             n = subscription.recv_many(&mut batch, MAX_BATCH) => {
@@ -51,12 +55,12 @@ pub(crate) async fn run(
                 }
                 let total = batch.len();
                 let items = log.accept(&node, batch.drain(..).map(|m| m.payload)).await;
-                dispatch(&node, &mut log, items, total).await;
+                dispatch(&node, &mut log, &mut rooms, items, total).await;
             }
             Some(request) = resumes.recv() => resume::serve(&node, &log, request),
             Ok(()) = subscribed.changed() => {
                 let items = log.catch_up(&node).await;
-                dispatch(&node, &mut log, items, 0).await;
+                dispatch(&node, &mut log, &mut rooms, items, 0).await;
             }
             // Not while re-subscribing: that would cut its connect and backoff short.
             _ = ticks.tick(), if subscription.is_live() => {
@@ -144,6 +148,9 @@ impl Group {
 struct Plan {
     groups: Vec<Group>,
     logged: Vec<Entry>,
+    /// A membership changed after the last group was planned: the next channel message
+    /// must not join it (its members were those before the change).
+    sealed: bool,
 }
 
 impl Plan {
@@ -170,12 +177,40 @@ impl Plan {
     }
 }
 
+/// Where the members of a channel come from.
+enum Members<'a> {
+    /// The node's memory, which the batch's membership changes update as they come.
+    Cached(&'a mut Rooms),
+    /// Read from Redis for this batch (`--chan-cache off`); changes are ignored.
+    Read(HashMap<String, Vec<ClientId>>),
+}
+
+impl Members<'_> {
+    fn of(&self, chan: &str) -> Vec<ClientId> {
+        match self {
+            Members::Cached(rooms) => rooms.members(chan).collect(),
+            Members::Read(lists) => lists.get(chan).cloned().unwrap_or_default(),
+        }
+    }
+
+    /// Applies a change; whether one was (then later messages see other members).
+    fn apply(&mut self, node: &Node, change: MembersChange) -> bool {
+        let Members::Cached(rooms) = self else { return false };
+        rooms.apply(change, |id| node.registry.with(id, |_| ()).is_some());
+        node.metrics.memberships(rooms.len());
+        true
+    }
+}
+
 /// Delivers `items` (from `received` node-channel messages) in order.
-async fn dispatch(node: &Node, log: &mut NodeLog, mut items: Vec<Item>, received: usize) {
+async fn dispatch(node: &Node, log: &mut NodeLog, rooms: &mut Rooms, mut items: Vec<Item>, received: usize) {
     let malformed = items.iter().filter(|i| i.command.is_none()).count();
     node.metrics.messages_in(received, malformed);
     if items.is_empty() {
         return;
+    }
+    if node.config.chan_cache {
+        return dispatch_items(node, log, Members::Cached(rooms), items).await;
     }
     let members = match chan_members(node, &items).await {
         Some(members) => members,
@@ -188,6 +223,12 @@ async fn dispatch(node: &Node, log: &mut NodeLog, mut items: Vec<Item>, received
             HashMap::new()
         }
     };
+    dispatch_items(node, log, Members::Read(members), items).await;
+}
+
+/// Plans and writes `items` in order; membership changes apply as they come, so each
+/// channel message reaches the members it had when it was published.
+async fn dispatch_items(node: &Node, log: &mut NodeLog, mut members: Members<'_>, items: Vec<Item>) {
     let mut plan = Plan::default();
     let mut receipts = Vec::new();
     let now = node.now_ms();
@@ -202,6 +243,7 @@ async fn dispatch(node: &Node, log: &mut NodeLog, mut items: Vec<Item>, received
                 plan_direct(node, &message, logged.as_ref(), &mut plan, &mut receipts)
             }
             Some(NodeCommand::Chan(message)) => plan_chan(node, message, logged.as_ref(), &members, &mut plan),
+            Some(NodeCommand::Members(change)) => plan.sealed |= members.apply(node, change),
             None => {}
         }
         plan.logged.extend(logged);
@@ -267,25 +309,21 @@ fn plan_direct(node: &Node, message: &DirectMessage, logged: Option<&Entry>, pla
     }
 }
 
-fn plan_chan(
-    node: &Node,
-    message: ChanMessage,
-    logged: Option<&Entry>,
-    members: &HashMap<String, Vec<ClientId>>,
-    plan: &mut Plan,
-) {
+fn plan_chan(node: &Node, message: ChanMessage, logged: Option<&Entry>, members: &Members<'_>, plan: &mut Plan) {
     let sender = message.sender;
     let audience = Audience::Chan { chan: message.channel().map(str::to_owned), sender };
-    if let Some(last) = plan.groups.last_mut()
+    if !plan.sealed
+        && let Some(last) = plan.groups.last_mut()
         && last.audience == audience
     {
         last.push(&message.content, logged);
         return;
     }
+    plan.sealed = false;
     let mut group = Group::new(audience);
     match &group.audience {
         Audience::Chan { chan: Some(chan), .. } => {
-            for &member in members.get(chan).map(Vec::as_slice).unwrap_or_default() {
+            for member in members.of(chan) {
                 sockets_of(node, member, sender, &mut group);
             }
         }

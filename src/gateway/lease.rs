@@ -19,9 +19,10 @@
 //! business state: FreeIM's clients join again on every connect).
 
 use super::Node;
-use super::presence::{self, Leave};
+use super::presence::{self, Leave, SocketField};
 use crate::protocol::TokenValue;
 use bytes::Bytes;
+use futures_util::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +34,8 @@ const RENEW_EVERY: Duration = Duration::from_secs(5);
 const RESTORE_RETRY: Duration = Duration::from_millis(250);
 /// Seconds the cleanup lock of a dead node is held (long enough for 19k sockets).
 const CLEANUP_LOCK_SECS: u64 = 120;
+/// Socket records cleaned at once (their scripts pipelined on the command connection).
+const CLEAN_CONCURRENCY: usize = 64;
 
 /// Renews this node's lease, cleans up after dead nodes and restores presence after a
 /// Redis loss, until shutdown.
@@ -148,38 +151,56 @@ async fn check_node(node: &Node, other: &str) -> crate::Result<()> {
     Ok(())
 }
 
-/// Runs the close path for every socket recorded for `server` that is not live here;
-/// returns how many this call cleaned.
+/// Runs the close path for every socket recorded for `server` that is not live here, up to
+/// [`CLEAN_CONCURRENCY`] at once (a restart after a crash of a full node has ~19k records,
+/// and it serves only once they are cleaned); returns how many this call cleaned.
 async fn clean_node(node: &Node, server: &str) -> crate::Result<usize> {
     let sockets_key = node.client.keys().node_sockets(server);
     let entries = node.client.backend().hgetall(&sockets_key).await?;
+    let key = &sockets_key;
+    let results: Vec<crate::Result<bool>> = futures_util::stream::iter(entries)
+        .map(|(socket, value)| async move { clean_socket(node, server, key, socket, value).await })
+        .buffer_unordered(CLEAN_CONCURRENCY)
+        .collect()
+        .await;
     let mut cleaned = 0;
-    for (socket, value) in entries {
-        let Ok(socket_id) = socket.parse::<u64>() else {
-            tracing::warn!(%socket, "dropping malformed socket record");
-            let op = crate::backend::Op::HDel { key: sockets_key.clone(), fields: vec![socket] };
-            node.client.backend().execute(vec![op]).await?;
-            continue;
-        };
-        let client_id = match serde_json::from_str::<TokenValue>(&value) {
-            Ok(token) => token.client_id,
-            Err(e) => {
-                tracing::warn!(error = %e, %value, "dropping socket record with a malformed token value");
-                let op = crate::backend::Op::HDel { key: sockets_key.clone(), fields: vec![socket] };
-                node.client.backend().execute(vec![op]).await?;
-                continue;
-            }
-        };
-        let live_here = server == node.config.server && node.registry.holds_socket(client_id, socket_id);
-        if live_here {
-            continue;
-        }
-        let token = Bytes::from(value);
-        if presence::close_socket(&node.client, &sockets_key, client_id, socket_id, &token, Leave::Now).await? {
-            cleaned += 1;
-        }
+    for result in results {
+        cleaned += usize::from(result?);
     }
     Ok(cleaned)
+}
+
+/// Cleans one record of `sockets_key` (dropping it when malformed) unless its socket is live
+/// here; whether it was cleaned now.
+async fn clean_socket(
+    node: &Node,
+    server: &str,
+    sockets_key: &str,
+    socket: String,
+    value: String,
+) -> crate::Result<bool> {
+    let drop_record = |socket: String| async move {
+        let op = crate::backend::Op::HDel { key: sockets_key.to_owned(), fields: vec![socket] };
+        Ok(node.client.backend().execute(vec![op]).await.map(|_| false)?)
+    };
+    let Some(field) = SocketField::parse(&socket) else {
+        tracing::warn!(%socket, "dropping malformed socket record");
+        return drop_record(socket).await;
+    };
+    let client_id = match serde_json::from_str::<TokenValue>(&value) {
+        Ok(token) => token.client_id,
+        Err(e) => {
+            tracing::warn!(error = %e, %value, "dropping socket record with a malformed token value");
+            return drop_record(socket).await;
+        }
+    };
+    if server == node.config.server && node.registry.holds_socket(client_id, field.id) {
+        return Ok(false);
+    }
+    // A durable client keeps its channels for `--history-ttl` (recorded away on this node),
+    // so that its resume, here after a restart or on another node, replays them.
+    let token = Bytes::from(value);
+    presence::close_socket(&node.client, sockets_key, client_id, field, &token, field.leave(node)).await
 }
 
 /// Records every live socket again; each one missing from Redis is announced online.
@@ -203,7 +224,7 @@ pub(crate) async fn restore(node: &Node) -> bool {
                 &node.client,
                 &node.sockets_key,
                 conn.client_id,
-                conn.id,
+                SocketField::of(&conn),
                 &conn.token_value,
                 Leave::of(node, &conn),
             );

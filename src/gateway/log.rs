@@ -85,7 +85,7 @@ impl Audience {
                 Audience::Direct { sender: m.sender, receivers: m.receivers.clone().into() }
             }
             Some(NodeCommand::Chan(m)) => Audience::Chan { sender: m.sender, chan: m.channel().map(Into::into) },
-            Some(NodeCommand::ForceOffline(_)) | None => Audience::Nobody,
+            Some(NodeCommand::ForceOffline(_) | NodeCommand::Members(_)) | None => Audience::Nobody,
         }
     }
 

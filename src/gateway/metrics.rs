@@ -234,6 +234,8 @@ pub(crate) struct Metrics {
     resumes: [AtomicU64; Outcome::ALL.len()],
     replayed_frames: AtomicU64,
     gap_fills: AtomicU64,
+    /// A gauge, set by the dispatcher.
+    memberships: AtomicU64,
     api_calls: [[AtomicU64; ApiStatus::ALL.len()]; API_ROWS],
     api_latency: [Histogram; API_ROWS],
 }
@@ -298,6 +300,10 @@ impl Metrics {
     /// re-subscription).
     pub(crate) fn gap_fill(&self) {
         bump(&self.gap_fills, 1);
+    }
+    /// The channel memberships the node keeps in memory now.
+    pub(crate) fn memberships(&self, n: usize) {
+        self.memberships.store(n as u64, Ordering::Relaxed);
     }
 
     /// An HTTP API request answered with `status` after `elapsed`; `method` is `None` when
@@ -412,6 +418,12 @@ impl Metrics {
             "Reads of the node's durable log to fill what the subscription missed.",
             &[("", get(&self.gap_fills))],
         );
+        text.metric(
+            "freeim_chan_memberships",
+            "gauge",
+            "Channel memberships of this node's clients kept in memory (--chan-cache).",
+            &[("", get(&self.memberships))],
+        );
         let window = if log.first() == 0 { 0 } else { log.top() + 1 - log.first() };
         text.metric("freeim_log_top_offset", "gauge", "Highest offset of the durable log handled.", &[("", log.top())]);
         text.metric(
@@ -450,6 +462,7 @@ mod tests {
         m.frames_out(10);
         m.receipt(false);
         m.lease_cleanup(4);
+        m.memberships(7);
         m.resumed(Outcome::Recovered);
         m.resumed(Outcome::Recovered);
         m.resumed(Outcome::New);
@@ -481,6 +494,7 @@ mod tests {
             "freeim_resumes_total{result=\"new\"} 1",
             "freeim_replayed_frames_total 5",
             "freeim_log_gap_fills_total 1",
+            "freeim_chan_memberships 7",
             "freeim_log_top_offset 0",
             "freeim_log_window_entries 0",
             "freeim_api_calls_total{method=\"send\",status=\"200\"} 2",

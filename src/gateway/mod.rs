@@ -28,6 +28,7 @@ pub(crate) mod outbox;
 mod presence;
 mod registry;
 mod resume;
+mod rooms;
 mod tls;
 pub(crate) mod websocket;
 

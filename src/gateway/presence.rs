@@ -2,7 +2,8 @@
 //!
 //! FreeIM counts sockets per client in `{P}Online` and nothing else, so a node that dies
 //! leaves its clients "online" forever. Here each node also records every socket it holds
-//! in `{P}NodeSockets{node}` (socket id → token value), in the same script that counts it,
+//! in `{P}NodeSockets{node}` (socket field → token value, see [`SocketField`]), in the same
+//! script that counts it,
 //! and keeps a lease `{P}NodeLease{node}` alive ([`super::lease`]). Whoever closes a socket,
 //! the node itself or a survivor cleaning up after it, runs [`close_socket`]: the script
 //! forgets the socket and counts it down only if it was still recorded, so a socket is
@@ -25,7 +26,7 @@ use super::Node;
 use super::connection::{Conn, Kind};
 use crate::backend::{Op, Script};
 use crate::client::ImClient;
-use crate::protocol::ClientId;
+use crate::protocol::{ClientId, MembersChange};
 use bytes::Bytes;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -41,10 +42,46 @@ pub(crate) enum Leave<'a> {
 impl<'a> Leave<'a> {
     /// When a socket of this node leaves its channels: a durable one `--history-ttl` later.
     pub(crate) fn of(node: &'a Node, conn: &Conn) -> Self {
-        match conn.kind() {
-            Kind::FreeIm => Leave::Now,
-            Kind::Starting | Kind::Durable(_) => Leave::After { key: &node.away_key, after: node.config.history_ttl },
-        }
+        SocketField::of(conn).leave(node)
+    }
+}
+
+/// A socket's field in `{P}NodeSockets{node}`: its id, followed by `d` when the socket is
+/// durable. Whoever closes the socket, this node or, after a crash, the node's next run or a
+/// survivor, reads from it whether the client's channels are left now or later
+/// ([`Leave`]): a durable client whose node was killed must still be a member when it
+/// resumes, or its replay would skip the channel messages it missed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SocketField {
+    /// The socket id (unique per node run).
+    pub(crate) id: u64,
+    /// Whether the socket is durable.
+    pub(crate) durable: bool,
+}
+
+impl SocketField {
+    /// The field of `conn`.
+    pub(crate) fn of(conn: &Conn) -> Self {
+        SocketField { id: conn.id, durable: conn.kind() != Kind::FreeIm }
+    }
+
+    /// Parses a field as written by [`SocketField::text`].
+    pub(crate) fn parse(field: &str) -> Option<Self> {
+        let (digits, durable) = match field.strip_suffix('d') {
+            Some(digits) => (digits, true),
+            None => (field, false),
+        };
+        Some(SocketField { id: digits.parse().ok()?, durable })
+    }
+
+    /// The field as stored: `17` or `17d`.
+    pub(crate) fn text(self) -> String {
+        if self.durable { format!("{}d", self.id) } else { self.id.to_string() }
+    }
+
+    /// When the client leaves its channels if this was its last socket.
+    pub(crate) fn leave(self, node: &Node) -> Leave<'_> {
+        if self.durable { Leave::After { key: &node.away_key, after: node.config.history_ttl } } else { Leave::Now }
     }
 }
 
@@ -68,10 +105,18 @@ pub(crate) async fn open_socket(node: &Node, conn: &Conn) -> crate::Result<bool>
     Ok(recorded)
 }
 
-/// The `SocketOpen` script call for `conn`: script, KEYS, ARGV.
+/// The `SocketOpen` script call for `conn`: script, KEYS, ARGV. With the channel cache, the
+/// script also publishes the client's channels to this node (see `rooms`), every time: a
+/// restore after a lost subscription reloads them too, as changes may have been missed.
 fn open_script(node: &Node, conn: &Conn) -> (Script, Vec<String>, Vec<String>) {
-    let keys = vec![node.client.keys().online().to_owned(), node.sockets_key.clone()];
-    let args = vec![conn.client_id.to_string(), conn.id.to_string(), token_text(&conn.token_value)];
+    let names = node.client.keys();
+    let mut keys = vec![names.online().to_owned(), node.sockets_key.clone()];
+    let mut args = vec![conn.client_id.to_string(), SocketField::of(conn).text(), token_text(&conn.token_value)];
+    if node.config.chan_cache {
+        keys.push(names.client(conn.client_id));
+        args.push(names.server(&node.config.server));
+        args.push(format!("{}{}:", MembersChange::chans_prefix(), conn.client_id));
+    }
     (Script::SocketOpen, keys, args)
 }
 
@@ -82,26 +127,26 @@ fn online_event(node: &Node, conn: &Conn) -> Op {
 /// Undoes an open socket's presence: ours on close, or a dead node's during cleanup.
 pub(crate) async fn offline(node: &Node, conn: &Conn) {
     let leave = Leave::of(node, conn);
-    let result = close_socket(&node.client, &node.sockets_key, conn.client_id, conn.id, &conn.token_value, leave).await;
+    let field = SocketField::of(conn);
+    let result = close_socket(&node.client, &node.sockets_key, conn.client_id, field, &conn.token_value, leave).await;
     if let Err(e) = result {
         tracing::warn!(error = %e, client = conn.client_id, "could not clear presence");
     }
 }
 
-/// Forgets socket `socket` of `client_id` recorded in `sockets_key`; if it was still
+/// Forgets socket `field` of `client_id` recorded in `sockets_key`; if it was still
 /// recorded, counts it down, leaves the channels when it was the client's last socket, and
 /// publishes the offline event. Returns whether it was still recorded.
 pub(crate) async fn close_socket(
     client: &ImClient,
     sockets_key: &str,
     client_id: ClientId,
-    socket: u64,
+    field: SocketField,
     token_value: &Bytes,
     leave: Leave<'_>,
 ) -> crate::Result<bool> {
     let keys = vec![client.keys().online().to_owned(), sockets_key.to_owned()];
-    let remaining =
-        client.backend().eval(Script::SocketClose, keys, vec![client_id.to_string(), socket.to_string()]).await?;
+    let remaining = client.backend().eval(Script::SocketClose, keys, vec![client_id.to_string(), field.text()]).await?;
     if remaining < 0 {
         return Ok(false);
     }

@@ -27,12 +27,17 @@ impl Proc {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Kills it (SIGKILL: no cleanup, as in a crash) and waits until it is gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 
@@ -44,7 +49,8 @@ pub fn log_dir() -> PathBuf {
 }
 
 fn log_file(name: &str) -> Stdio {
-    match std::fs::File::create(log_dir().join(name)) {
+    // Appended to: a restarted node's log follows its first run's.
+    match std::fs::OpenOptions::new().create(true).append(true).open(log_dir().join(name)) {
         Ok(f) => Stdio::from(f),
         Err(_) => Stdio::null(),
     }
@@ -94,28 +100,40 @@ pub struct Nodes {
     pub procs: Vec<Proc>,
     /// Node names (`127.0.0.1:PORT`), in routing order.
     pub names: Vec<String>,
+    redis: String,
 }
 
 impl Nodes {
     /// Starts `k` nodes on free ports; returns when each says `/healthz` 200.
     pub fn start(k: usize, redis: &str) -> anyhow::Result<Nodes> {
-        let exe = std::env::current_exe()?;
         let names: Vec<String> =
             (0..k).map(|_| free_port().map(|p| format!("127.0.0.1:{p}"))).collect::<anyhow::Result<_>>()?;
-        let mut procs = Vec::new();
-        for name in &names {
-            let mut child = Command::new(&exe)
-                .args(["server", "--redis", redis, "--server", name, "--servers", &names.join(",")])
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(log_file(&format!("node-{}.log", name.replace(':', "-"))))
-                .spawn()
-                .context("cannot start a gateway node")?;
-            let addr: SocketAddr = name.parse()?;
-            wait_until(&format!("node {name}"), || healthy(addr), &mut child)?;
-            procs.push(Proc { child });
+        let mut nodes = Nodes { procs: Vec::new(), names, redis: redis.to_owned() };
+        for i in 0..k {
+            let proc = nodes.spawn(i)?;
+            nodes.procs.push(proc);
         }
-        Ok(Nodes { procs, names })
+        Ok(nodes)
+    }
+
+    /// Starts node `i` again (after [`Proc::kill`]); returns when it is healthy.
+    pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        self.procs[i] = self.spawn(i)?;
+        Ok(())
+    }
+
+    fn spawn(&self, i: usize) -> anyhow::Result<Proc> {
+        let name = &self.names[i];
+        let mut child = Command::new(std::env::current_exe()?)
+            .args(["server", "--redis", &self.redis, "--server", name, "--servers", &self.names.join(",")])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log_file(&format!("node-{}.log", name.replace(':', "-"))))
+            .spawn()
+            .context("cannot start a gateway node")?;
+        let addr: SocketAddr = name.parse()?;
+        wait_until(&format!("node {name}"), || healthy(addr), &mut child)?;
+        Ok(Proc { child })
     }
 
     /// Process ids, in node order.

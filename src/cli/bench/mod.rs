@@ -9,20 +9,23 @@
 //! subtracts. The CPU of the generator (the publisher, every worker and the busiest one)
 //! is reported beside the server's and Redis's, so a saturated generator is visible.
 //!
-//! Files: [`scenarios`] (connect, fanout, p2p), [`suite`] (`all`), [`worker`] and [`pool`]
-//! (the worker processes), [`client`] (the WebSocket client), [`publish`] (through
-//! `ImClient` or to the baseline), [`baseline`] (the raw server), [`cluster`] (child
-//! processes), [`stats`] and [`report`] (figures and tables), [`payload`] (message stamps).
+//! Files: [`scenarios`] (connect, fanout, p2p), [`storm`] (the resume storm), [`suite`]
+//! (`all`), [`worker`] and [`pool`] (the worker processes), [`client`] (the WebSocket
+//! client), [`durable`] (following durable sockets), [`publish`] (through `ImClient` or to
+//! the baseline), [`baseline`] (the raw server), [`cluster`] (child processes), [`stats`]
+//! and [`report`] (figures and tables), [`payload`] (message stamps).
 
 mod baseline;
 mod client;
 mod cluster;
+mod durable;
 mod payload;
 mod pool;
 mod publish;
 mod report;
 mod scenarios;
 mod stats;
+mod storm;
 mod suite;
 mod worker;
 
@@ -91,6 +94,9 @@ enum Scenario {
         #[arg(long, default_value_t = 0.0)]
         rate: f64,
     },
+    /// A resume storm: durable sockets of a node that is killed reconnect to it restarted,
+    /// each with a gap of messages to replay (starts its own Redis and node).
+    Resume(storm::ResumeArgs),
     /// Start a private Redis, gateway nodes and the raw baseline, and run the whole suite.
     All(suite::AllArgs),
     /// A load worker (started by the bench itself).
@@ -141,7 +147,12 @@ impl TargetArgs {
             }
             .to_owned(),
             durable: self.durable && !raw,
-            spec: TargetSpec { nodes: self.cluster.servers()?.to_vec(), redis, path: self.cluster.path().to_owned() },
+            spec: TargetSpec {
+                nodes: self.cluster.servers()?.to_vec(),
+                redis,
+                path: self.cluster.path().to_owned(),
+                resume: false,
+            },
             controls: self.raw_control.clone(),
             watch: self.watch_pid.clone(),
             redis_pid: self.redis_pid,
@@ -172,6 +183,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 (scenarios::p2p(&target.target()?, clients, messages, rate).await?, target.json)
             }
             Scenario::All(all) => return suite::run(all).await,
+            Scenario::Resume(args) => return storm::run(args).await,
             Scenario::Worker | Scenario::RawServer(_) => unreachable!("handled above"),
         };
         report::print_table(std::slice::from_ref(&record));

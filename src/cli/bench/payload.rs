@@ -18,7 +18,12 @@ pub fn message(seq: u64, ts_ns: u64) -> String {
 
 /// The stamp of a received frame payload (`"SEQ TS …"`), if it is one of ours.
 pub fn stamp(frame: &[u8]) -> Option<(u64, u64)> {
-    let mut fields = frame.strip_prefix(b"\"")?.split(|b| *b == b' ');
+    text_stamp(frame.strip_prefix(b"\"")?)
+}
+
+/// The stamp of a message text (`SEQ TS …`, the content of a durable frame's string).
+pub fn text_stamp(text: &[u8]) -> Option<(u64, u64)> {
+    let mut fields = text.split(|b| *b == b' ');
     let number = |f: &[u8]| std::str::from_utf8(f).ok()?.parse::<u64>().ok();
     Some((number(fields.next()?)?, number(fields.next()?)?))
 }

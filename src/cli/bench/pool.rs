@@ -123,11 +123,12 @@ impl Pool {
             self.expect("progress", Duration::from_secs(10), |m| matches!(m, FromWorker::Progress { .. })).await?;
         let mut sum = Progress::default();
         for answer in answers {
-            if let FromWorker::Progress { connected, failed, received, closed } = answer {
+            if let FromWorker::Progress { connected, failed, received, closed, current } = answer {
                 sum.connected += connected;
                 sum.failed += failed;
                 sum.received += received;
                 sum.closed += closed;
+                sum.current += current;
             }
         }
         Ok(sum)
@@ -145,6 +146,8 @@ pub struct Progress {
     pub received: u64,
     /// Sockets closed by the server.
     pub closed: u64,
+    /// Durable sockets that are current.
+    pub current: u64,
 }
 
 impl Drop for Pool {

@@ -69,6 +69,9 @@ pub struct Record {
     /// CPU used in cores (1.0 = one core) by: the server processes, the publisher (the
     /// coordinator), the workers, Redis when known, and the busiest single worker.
     pub cpu: Vec<(String, f64)>,
+    /// Resume storm: seconds from the first reconnect until every socket was current.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub all_current_s: Option<f64>,
     /// Measured window in seconds.
     pub elapsed_s: f64,
     /// A few connection errors.
@@ -85,6 +88,9 @@ impl Record {
     fn load(&self) -> String {
         let rate = if self.rate > 0.0 { format!("@{}/s", si(self.rate)) } else { "@max".to_owned() };
         match self.messages {
+            Some(m) if self.scenario == "resume-storm" => {
+                format!("{} durable sockets, a {m}-message gap each", si(self.size as f64))
+            }
             Some(m) if self.scenario.starts_with("p2p") => {
                 format!("{} clients/{} nodes, {} msgs {rate}", si(self.size as f64), self.nodes, si(m as f64))
             }
@@ -94,6 +100,11 @@ impl Record {
     }
 
     fn result(&self) -> String {
+        if let Some(secs) = self.all_current_s {
+            let replayed = si(self.delivered.unwrap_or(0) as f64);
+            let (recovered, failed) = (self.ok.unwrap_or(0), self.failed.unwrap_or(0));
+            return format!("all current in {secs:.2} s: {recovered} recovered, {failed} failed, {replayed} replayed");
+        }
         if let Some(cps) = self.connects_per_s {
             let per = self.rss_per_conn_bytes.map(|b| format!(", {:.2} KiB/conn", b / 1024.0)).unwrap_or_default();
             return format!("{}/s, {} failed{per}", si(cps), self.failed.unwrap_or(0));

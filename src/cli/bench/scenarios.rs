@@ -52,17 +52,20 @@ impl Target {
         self.spec.redis.is_none()
     }
 
-    fn im(&self) -> anyhow::Result<ImClient> {
+    /// A client of the target's Redis, as the business would use.
+    pub fn im(&self) -> anyhow::Result<ImClient> {
         let redis = self.spec.redis.as_deref().unwrap_or_default();
         let options = ImClientOptions { path: self.spec.path.clone(), ..ImClientOptions::new(self.spec.nodes.clone()) };
         Ok(ImClient::connect(redis, options)?)
     }
 
-    async fn publisher(&self) -> anyhow::Result<Publisher> {
+    /// What publishes the measured messages.
+    pub async fn publisher(&self) -> anyhow::Result<Publisher> {
         if self.is_raw() { Publisher::raw(&self.controls).await } else { Ok(Publisher::ours(self.im()?, self.durable)) }
     }
 
-    fn cpu_probe(&self, pool: &Pool) -> CpuProbe {
+    /// Starts measuring the CPU of the servers, the generator and Redis.
+    pub fn cpu_probe(&self, pool: &Pool) -> CpuProbe {
         let mut groups = vec![
             ("server".to_owned(), self.watch.clone()),
             ("publisher".to_owned(), vec![std::process::id()]),
@@ -77,27 +80,49 @@ impl Target {
     }
 }
 
-/// Sockets opened by [`open`].
-struct Opened {
-    pool: Pool,
+/// Sockets opened by [`open`] or [`connect_prepared`].
+pub struct Opened {
+    /// The workers holding them.
+    pub pool: Pool,
     ok: u64,
     failed: u64,
     errors: Vec<String>,
     handshake: Hist,
-    first_ns: u64,
+    /// When the first connect started (ns).
+    pub first_ns: u64,
     last_ns: u64,
     cpu: Vec<(String, f64)>,
 }
 
-fn progress_line(scenario: &str, text: String) {
+impl Opened {
+    /// The record of the connects: attempts, failures, rate and handshake latency.
+    pub fn connects(&self, record: &mut Record) {
+        let secs = (self.last_ns.saturating_sub(self.first_ns)) as f64 / 1e9;
+        record.ok = Some(self.ok);
+        record.failed = Some(self.failed);
+        record.errors = self.errors.clone();
+        record.connects_per_s = Some(self.ok as f64 / secs.max(1e-9));
+        record.handshake = Some(Percentiles::from(&self.handshake));
+    }
+}
+
+pub fn progress_line(scenario: &str, text: String) {
     eprintln!("  [{scenario}] {text}");
 }
 
 /// Opens `n` sockets (client ids `1..=n`) at `rate` per second (0: as fast as `inflight`
 /// concurrent handshakes go), spread over enough workers.
-async fn open(target: &Target, scenario: &str, n: u64, rate: f64, inflight: usize) -> anyhow::Result<Opened> {
+pub async fn open(target: &Target, scenario: &str, n: u64, rate: f64, inflight: usize) -> anyhow::Result<Opened> {
     let workers = (n.div_ceil(MAX_PER_WORKER) as usize).max(target.min_workers).max(1);
     let mut pool = Pool::spawn(workers)?;
+    prepare(&mut pool, target, n).await?;
+    connect_prepared(pool, target, scenario, n, rate, inflight).await
+}
+
+/// Has the workers of `pool` issue the tokens of clients `1..=n` (split as [`open`] does, so
+/// the same pool prepares the same clients again for a reconnect).
+pub async fn prepare(pool: &mut Pool, target: &Target, n: u64) -> anyhow::Result<()> {
+    let workers = pool.len();
     // Source addresses 127.A.B.x: A per worker, B changes between runs (TIME_WAIT).
     let salt = ((now_ns() / 1_000_000_000) % 250) as u8;
     let per = n / workers as u64;
@@ -113,6 +138,19 @@ async fn open(target: &Target, scenario: &str, n: u64, rate: f64, inflight: usiz
     if token_failures > 0 {
         bail!("{token_failures} tokens could not be issued (is Redis reachable?)");
     }
+    Ok(())
+}
+
+/// Opens the `n` sockets [`prepare`]d in `pool`, as [`open`] says.
+pub async fn connect_prepared(
+    mut pool: Pool,
+    target: &Target,
+    scenario: &str,
+    n: u64,
+    rate: f64,
+    inflight: usize,
+) -> anyhow::Result<Opened> {
+    let workers = pool.len();
     let at_ns = now_ns() + 300_000_000;
     let share = workers as f64;
     let per_inflight = (inflight / workers).max(1);
@@ -154,21 +192,17 @@ async fn open(target: &Target, scenario: &str, n: u64, rate: f64, inflight: usiz
 /// latency, failures, and the servers' RSS per connection (idle RSS subtracted).
 pub async fn connect(target: &Target, n: u64, rate: f64, inflight: usize, hold: Duration) -> anyhow::Result<Record> {
     let idle = rss_sum_kib(&target.watch);
-    let opened = open(target, "connect", n, rate, inflight).await?;
+    let mut opened = open(target, "connect", n, rate, inflight).await?;
     tokio::time::sleep(hold).await;
     let loaded = rss_sum_kib(&target.watch);
-    let mut pool = opened.pool;
-    let progress = pool.progress().await?;
+    let progress = opened.pool.progress().await?;
     let secs = (opened.last_ns.saturating_sub(opened.first_ns)) as f64 / 1e9;
     let mut record = Record::new("connect", &target.label);
     record.nodes = target.spec.nodes.len();
     record.size = n;
     record.rate = rate;
-    record.ok = Some(opened.ok);
+    opened.connects(&mut record);
     record.failed = Some(opened.failed + progress.closed);
-    record.errors = opened.errors;
-    record.connects_per_s = Some(opened.ok as f64 / secs.max(1e-9));
-    record.handshake = Some(Percentiles::from(&opened.handshake));
     record.rss_idle_kib = Some(idle);
     record.rss_loaded_kib = Some(loaded);
     if opened.ok > 0 {
@@ -181,20 +215,32 @@ pub async fn connect(target: &Target, n: u64, rate: f64, inflight: usize, hold: 
 
 /// Waits until `expected` messages were received (or nothing arrives for [`STALL`]).
 async fn wait_deliveries(pool: &mut Pool, scenario: &str, expected: u64) -> anyhow::Result<Progress> {
-    let mut last = Progress::default();
+    wait_count(pool, scenario, "delivered", expected, |p| p.received).await
+}
+
+/// Waits until the workers' `count` (named `what`) reaches `expected`, or stops moving for
+/// [`STALL`]; returns the progress then.
+pub async fn wait_count(
+    pool: &mut Pool,
+    scenario: &str,
+    what: &str,
+    expected: u64,
+    count: impl Fn(&Progress) -> u64,
+) -> anyhow::Result<Progress> {
+    let mut last = 0;
     let mut last_change = Instant::now();
     let mut last_print = Instant::now();
     loop {
         let p = pool.progress().await?;
-        if p.received != last.received {
+        if count(&p) != last {
             last_change = Instant::now();
         }
-        last = p;
-        if p.received >= expected || last_change.elapsed() > STALL {
+        last = count(&p);
+        if last >= expected || last_change.elapsed() > STALL {
             return Ok(p);
         }
         if last_print.elapsed() >= PROGRESS_EVERY {
-            progress_line(scenario, format!("{} / {expected} delivered", p.received));
+            progress_line(scenario, format!("{last} / {expected} {what}"));
             last_print = Instant::now();
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -219,7 +265,7 @@ async fn deliveries(pool: &mut Pool) -> anyhow::Result<(u64, Hist, u64)> {
 
 /// Sends `count` messages at `rate` per second (0: back to back), picking each audience
 /// with `audience(seq)`; returns the wall time of the first send and the send failures.
-async fn publish(
+pub async fn publish(
     publisher: &mut Publisher,
     count: u64,
     rate: f64,
@@ -315,7 +361,7 @@ pub async fn fanout(target: &Target, f: Fanout) -> anyhow::Result<Record> {
 }
 
 /// Makes clients `1..=n` members of [`BENCH_CHAN`] (pipelined).
-async fn join_all(im: &ImClient, n: u64) -> anyhow::Result<()> {
+pub async fn join_all(im: &ImClient, n: u64) -> anyhow::Result<()> {
     let results: Vec<freeim::Result<()>> = futures_util::stream::iter(1..=n as i64)
         .map(|id| {
             let im = im.clone();

@@ -141,7 +141,7 @@ fn start(step: &Step) -> anyhow::Result<(Servers, Target)> {
         let target = Target {
             label: "raw".to_owned(),
             durable: false,
-            spec: TargetSpec { nodes: servers.names.clone(), redis: None, path: "/ws".to_owned() },
+            spec: TargetSpec { nodes: servers.names.clone(), redis: None, path: "/ws".to_owned(), resume: false },
             controls: servers.controls.clone(),
             watch: servers.pids(),
             redis_pid: None,
@@ -154,7 +154,12 @@ fn start(step: &Step) -> anyhow::Result<(Servers, Target)> {
     let target = Target {
         label: "freeim".to_owned(),
         durable: false,
-        spec: TargetSpec { nodes: nodes.names.clone(), redis: Some(redis.url.clone()), path: "/ws".to_owned() },
+        spec: TargetSpec {
+            nodes: nodes.names.clone(),
+            redis: Some(redis.url.clone()),
+            path: "/ws".to_owned(),
+            resume: false,
+        },
         controls: Vec::new(),
         watch: nodes.pids(),
         redis_pid: Some(redis.proc.pid()),

@@ -5,15 +5,19 @@
 //! on stdin ([`ToWorker`]), answers on stdout ([`FromWorker`]). It issues its own tokens with
 //! [`ImClient`] (as a business backend would), opens its sockets from its own source
 //! addresses at the pace it is given, and counts what arrives: delivery counts and
-//! publish→receive latency, read from the stamp inside each message.
+//! publish→receive latency, read from the stamp inside each message. Durable sockets (the
+//! resume storm) are followed frame by frame ([`super::durable`]); each client's position
+//! when its socket closes is kept for its next connection's `resume`.
 
-use super::client::{self, Dial, Event};
+use super::client::{self, ConnectError, Dial, Event};
+use super::durable::{Position, ResumeCounts, Track};
 use super::payload;
 use super::stats::{Hist, WireHist, now_ns};
 use freeim::{ImClient, ImClientOptions};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::io::{BufRead, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -31,6 +35,10 @@ const TOKEN_TTL: Duration = Duration::from_secs(600);
 const SOURCES: usize = 250;
 /// Connection errors kept verbatim for the report.
 const ERROR_SAMPLES: usize = 5;
+/// A durable upgrade answered 503 (the node's log is not open yet, right after a start) is
+/// tried again after this pause, this many times.
+const RETRY_PAUSE: Duration = Duration::from_millis(20);
+const RETRIES: u32 = 250;
 
 /// Which server the sockets go to.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -41,6 +49,9 @@ pub struct TargetSpec {
     pub redis: Option<String>,
     /// WebSocket path.
     pub path: String,
+    /// Open durable sockets: `resume=` the client's position when its last socket closed
+    /// (empty the first time), each followed frame by frame.
+    pub resume: bool,
 }
 
 /// A command from the coordinator.
@@ -68,12 +79,14 @@ pub enum ToWorker {
         /// Most handshakes in flight at once.
         inflight: usize,
     },
-    /// Zero the delivery counters (after a warm-up).
+    /// Zero the delivery and resume counters (after a warm-up).
     Reset,
     /// Answer with [`FromWorker::Progress`].
     Poll,
     /// Answer with [`FromWorker::Deliveries`].
     Report,
+    /// Answer with [`FromWorker::Resumes`].
+    ResumeReport,
     /// Exit now (the kernel closes the sockets).
     Quit,
 }
@@ -112,6 +125,8 @@ pub enum FromWorker {
         received: u64,
         /// Sockets closed by the server or by an error.
         closed: u64,
+        /// Durable sockets that are current (see [`ResumeCounts::current`]).
+        current: u64,
     },
     /// Deliveries since the last reset.
     Deliveries {
@@ -123,6 +138,11 @@ pub enum FromWorker {
         first_ns: u64,
         /// See `first_ns`.
         last_ns: u64,
+    },
+    /// The durable sockets' counters, since the last reset.
+    Resumes {
+        /// The counters.
+        counts: ResumeCounts,
     },
     /// The worker's pipe closed (sent by the coordinator's reader, not by the worker).
     Gone,
@@ -143,11 +163,15 @@ struct Counters {
     latency: Hist,
     first_recv: u64,
     last_recv: u64,
+    resumes: ResumeCounts,
+    /// Each client's position when its last durable socket closed.
+    positions: HashMap<i64, Position>,
 }
 
 impl Counters {
-    fn deliver(&mut self, frame: &[u8], now: u64) {
-        let Some((_, ts)) = payload::stamp(frame) else { return };
+    /// Counts a received message by its stamp (`None`: not one of the bench's).
+    fn deliver(&mut self, stamp: Option<(u64, u64)>, now: u64) {
+        let Some((_, ts)) = stamp else { return };
         self.received += 1;
         self.latency.record(now.saturating_sub(ts) / 1000);
         if self.first_recv == 0 {
@@ -156,9 +180,17 @@ impl Counters {
         self.last_recv = now;
     }
 
+    /// Forgets an earlier ramp's connects (a reconnect is measured on its own).
+    fn reset_connects(&mut self) {
+        (self.connected, self.failed, self.finished, self.first_start, self.last_done) = (0, 0, 0, 0, 0);
+        self.errors.clear();
+        self.handshake = Hist::default();
+    }
+
     fn reset_deliveries(&mut self) {
         (self.received, self.first_recv, self.last_recv) = (0, 0, 0);
         self.latency = Hist::default();
+        self.resumes = ResumeCounts::default();
     }
 }
 
@@ -197,16 +229,18 @@ pub fn run() -> anyhow::Result<()> {
                 }
             }
         });
-        let mut prepared: Vec<(Dial, IpAddr)> = Vec::new();
+        let mut prepared: Vec<(i64, Dial, IpAddr)> = Vec::new();
+        let mut resume = false;
         while let Some(cmd) = commands.recv().await {
             match cmd {
                 ToWorker::Prepare { target, first, count, net } => {
                     let (dials, failed) = prepare(&target, first, count).await;
-                    prepared = dials.into_iter().enumerate().map(|(i, d)| (d, source(net, i))).collect();
+                    prepared = dials.into_iter().enumerate().map(|(i, (id, d))| (id, d, source(net, i))).collect();
+                    resume = target.resume;
                     answer(&FromWorker::Ready { failed });
                 }
                 ToWorker::Start { at_ns, rate, inflight } => {
-                    tokio::spawn(ramp(std::mem::take(&mut prepared), at_ns, rate, inflight));
+                    tokio::spawn(ramp(std::mem::take(&mut prepared), resume, at_ns, rate, inflight));
                 }
                 ToWorker::Reset => counters(Counters::reset_deliveries),
                 ToWorker::Poll => answer(&counters(|c| FromWorker::Progress {
@@ -214,6 +248,7 @@ pub fn run() -> anyhow::Result<()> {
                     failed: c.failed,
                     received: c.received,
                     closed: c.closed,
+                    current: c.resumes.current,
                 })),
                 ToWorker::Report => answer(&counters(|c| FromWorker::Deliveries {
                     received: c.received,
@@ -221,6 +256,7 @@ pub fn run() -> anyhow::Result<()> {
                     first_ns: c.first_recv,
                     last_ns: c.last_recv,
                 })),
+                ToWorker::ResumeReport => answer(&counters(|c| FromWorker::Resumes { counts: c.resumes })),
                 ToWorker::Quit => break,
             }
         }
@@ -235,8 +271,9 @@ fn source(net: [u8; 2], i: usize) -> IpAddr {
 }
 
 /// Where each client connects: a fresh token from [`ImClient::prev_connect_server`] for
-/// our gateway, `?id=N` for the raw baseline. Returns the dials and the failures.
-async fn prepare(target: &TargetSpec, first: i64, count: u64) -> (Vec<Dial>, u64) {
+/// our gateway (with its `resume` for durable sockets), `?id=N` for the raw baseline.
+/// Returns the clients with their dials, and the failures.
+async fn prepare(target: &TargetSpec, first: i64, count: u64) -> (Vec<(i64, Dial)>, u64) {
     let ids = first..first + count as i64;
     let urls: Vec<Option<String>> = match &target.redis {
         None => ids
@@ -268,7 +305,14 @@ async fn prepare(target: &TargetSpec, first: i64, count: u64) -> (Vec<Dial>, u64
                 .await
         }
     };
-    let dials: Vec<Dial> = urls.iter().flatten().filter_map(|u| dial_of(u)).collect();
+    let resume = |id: i64| match target.resume {
+        false => String::new(),
+        true => counters(|c| format!("&resume={}", c.positions.get(&id).map(Position::resume).unwrap_or_default())),
+    };
+    let dials: Vec<(i64, Dial)> = (first..)
+        .zip(&urls)
+        .filter_map(|(id, url)| Some((id, dial_of(&format!("{}{}", url.as_ref()?, resume(id)))?)))
+        .collect();
     let failed = count - dials.len() as u64;
     (dials, failed)
 }
@@ -282,13 +326,14 @@ fn dial_of(url: &str) -> Option<Dial> {
     Some(Dial { addr, host: host.to_owned(), target: rest[slash..].to_owned() })
 }
 
-/// Opens every prepared socket on schedule, then reports.
-async fn ramp(prepared: Vec<(Dial, IpAddr)>, at_ns: u64, rate: f64, inflight: usize) {
+/// Opens every prepared socket on schedule (durable ones when `resume`), then reports.
+async fn ramp(prepared: Vec<(i64, Dial, IpAddr)>, resume: bool, at_ns: u64, rate: f64, inflight: usize) {
     let total = prepared.len() as u64;
+    counters(Counters::reset_connects);
     tokio::time::sleep(Duration::from_nanos(at_ns.saturating_sub(now_ns()))).await;
     let permits = Arc::new(Semaphore::new(inflight.max(1)));
     let start = Instant::now();
-    for (i, (dial, source)) in prepared.into_iter().enumerate() {
+    for (i, (id, dial, source)) in prepared.into_iter().enumerate() {
         if rate > 0.0 {
             let due = start + Duration::from_secs_f64(i as f64 / rate);
             if due > Instant::now() {
@@ -297,8 +342,7 @@ async fn ramp(prepared: Vec<(Dial, IpAddr)>, at_ns: u64, rate: f64, inflight: us
         }
         let Ok(permit) = permits.clone().acquire_owned().await else { break };
         tokio::spawn(async move {
-            let t0 = now_ns();
-            let result = client::connect(&dial, source, HANDSHAKE_TIMEOUT).await;
+            let (t0, result) = connect(&dial, source).await;
             let t1 = now_ns();
             drop(permit);
             let ok = counters(|c| {
@@ -323,7 +367,10 @@ async fn ramp(prepared: Vec<(Dial, IpAddr)>, at_ns: u64, rate: f64, inflight: us
             });
             if ok && let Ok((stream, leftover)) = result {
                 drop(dial);
-                receive(stream, leftover).await;
+                let track = resume.then(|| counters(|c| Track::new(c.positions.get(&id))));
+                if let Some(track) = receive(stream, leftover, track).await.and_then(|t| t.position()) {
+                    counters(|c| c.positions.insert(id, track));
+                }
             }
         });
     }
@@ -340,13 +387,36 @@ async fn ramp(prepared: Vec<(Dial, IpAddr)>, at_ns: u64, rate: f64, inflight: us
     }));
 }
 
-/// Reads a socket until it closes, counting stamped messages and answering pings.
-async fn receive(stream: TcpStream, leftover: Vec<u8>) {
+/// One connection attempt, tried again while a durable upgrade gets 503; the start of the
+/// last attempt and its result.
+async fn connect(dial: &Dial, source: IpAddr) -> (u64, Result<(TcpStream, Vec<u8>), ConnectError>) {
+    let mut tries = 0;
+    loop {
+        let t0 = now_ns();
+        let result = client::connect(dial, source, HANDSHAKE_TIMEOUT).await;
+        if !matches!(result, Err(ConnectError::Status(503))) || tries == RETRIES {
+            return (t0, result);
+        }
+        tries += 1;
+        counters(|c| c.resumes.retries += 1);
+        tokio::time::sleep(RETRY_PAUSE).await;
+    }
+}
+
+/// Reads a socket until it closes, counting stamped messages (following a durable socket
+/// with `track`) and answering pings; returns the track.
+async fn receive(stream: TcpStream, leftover: Vec<u8>, mut track: Option<Track>) -> Option<Track> {
     let mut partial = Vec::new();
     let mut pongs: Vec<Vec<u8>> = Vec::new();
     let mut closed = false;
-    let on_event = |event: Event<'_>, now: u64, pongs: &mut Vec<Vec<u8>>, closed: &mut bool| match event {
-        Event::Text(frame) => counters(|c| c.deliver(frame, now)),
+    let mut on_event = |event: Event<'_>, now: u64, pongs: &mut Vec<Vec<u8>>, closed: &mut bool| match event {
+        Event::Text(frame) => counters(|c| match &mut track {
+            None => c.deliver(payload::stamp(frame), now),
+            Some(track) => {
+                let live = track.take(frame, &mut c.resumes, now);
+                c.deliver(live.and_then(|text| payload::text_stamp(text.as_bytes())), now);
+            }
+        }),
         Event::Ping(payload) => pongs.push(client::masked_frame(0xA, payload)),
         Event::Close => *closed = true,
     };
@@ -373,4 +443,5 @@ async fn receive(stream: TcpStream, leftover: Vec<u8>) {
         let _ = stream.try_write(&client::masked_frame(0x8, &[0x03, 0xe8]));
     }
     counters(|c| c.closed += 1);
+    track
 }
