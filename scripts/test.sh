@@ -9,6 +9,7 @@ say() { printf '\n==> %s\n' "$*"; }
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+python3 -m venv --help >/dev/null 2>&1 || missing+=(python3 python3-venv)
 if [ -d e2e ]; then
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
   command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
@@ -57,6 +58,10 @@ fi
 
 say "cargo test"
 cargo test --locked
+
+# About 25 s (100 examples per operation); the venv is made once, under target/venv.
+say "schemathesis: the HTTP API against its OpenAPI document"
+./scripts/api-fuzz.sh
 
 if [ -d e2e ]; then
   say "browser tests"

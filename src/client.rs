@@ -119,6 +119,26 @@ impl ImClientOptions {
     }
 }
 
+/// A connect URL from [`ImClient::connect_url`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectUrl {
+    /// `ws://{node}{path}?token={token}`.
+    pub url: String,
+    /// The single-use token in it.
+    pub token: String,
+    /// Seconds the token lives (`token_ttl`).
+    pub expires_in: u64,
+}
+
+/// One page of online clients from [`ImClient::online_page`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OnlinePage {
+    /// Where the next page starts; 0 when this was the last one.
+    pub cursor: u64,
+    /// The ids on this page.
+    pub client_ids: Vec<ClientId>,
+}
+
 /// What [`ImClient`] is about to publish to one node; see [`ImClient::on_send`].
 #[derive(Debug, Clone, Copy)]
 pub struct SendEvent<'a> {
@@ -253,12 +273,19 @@ impl ImClient {
     /// Issues a token for `client_id` and returns the URL its browser connects to:
     /// `ws://{node}{path}?token={token}`. The token lives `token_ttl` (10 s by default).
     pub async fn prev_connect_server(&self, client_id: ClientId, meta: Option<&str>) -> Result<String> {
+        Ok(self.connect_url(client_id, meta).await?.url)
+    }
+
+    /// [`ImClient::prev_connect_server`], with the token and its lifetime apart (for
+    /// callers that hand them on, such as the gateway's HTTP API).
+    pub async fn connect_url(&self, client_id: ClientId, meta: Option<&str>) -> Result<ConnectUrl> {
         let token = protocol::new_token();
         let value = protocol::to_json(&TokenValue { client_id, meta: meta.map(Into::into) });
         let key = self.shared.keys.token(&token);
         self.shared.backend.set_ex(&key, &value, self.shared.token_ttl_secs).await?;
         let node = self.node_of(client_id);
-        Ok(format!("{}{token}", self.shared.connect_bases[node]))
+        let url = format!("{}{token}", self.shared.connect_bases[node]);
+        Ok(ConnectUrl { url, token, expires_in: self.shared.token_ttl_secs })
     }
 
     /// Sends `message` (any `Serialize`; a `&str` goes out as a JSON string) from `sender`
@@ -408,6 +435,15 @@ impl ImClient {
     /// Ids of every client with at least one socket, on any node (`HKEYS {P}Online`).
     pub async fn get_client_list_by_online(&self) -> Result<Vec<ClientId>> {
         Ok(protocol::member_ids(&self.hkeys(self.shared.keys.online().to_owned()).await?))
+    }
+
+    /// One page of the ids of online clients (`HSCAN {P}Online cursor COUNT count`): start
+    /// with cursor 0 and go on with the page's cursor until it is 0 again. Unlike
+    /// [`ImClient::get_client_list_by_online`], no call blocks Redis for long on a million
+    /// online clients. A client online throughout the scan is listed (rarely twice).
+    pub async fn online_page(&self, cursor: u64, count: usize) -> Result<OnlinePage> {
+        let page = self.shared.backend.hscan_fields(self.shared.keys.online(), cursor, count).await?;
+        Ok(OnlinePage { cursor: page.cursor, client_ids: protocol::member_ids(&page.fields) })
     }
 
     /// Whether `client_id` has at least one socket on any node (`HGET {P}Online`).

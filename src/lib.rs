@@ -38,6 +38,6 @@ pub mod gateway;
 pub mod internals;
 pub mod protocol;
 
-pub use client::{Durable, EventStream, ImClient, ImClientOptions, PresenceEvent, SendEvent};
+pub use client::{ConnectUrl, Durable, EventStream, ImClient, ImClientOptions, OnlinePage, PresenceEvent, SendEvent};
 pub use error::{Error, Result};
 pub use protocol::ClientId;

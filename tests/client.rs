@@ -46,6 +46,11 @@ both!(connect_url_and_token_value, |kind| async move {
         let ttl: i64 = redis.cmd(&["TTL", &format!("im_v2_wsToken{token}")]);
         assert!((1..=10).contains(&ttl), "TTL {ttl}");
     }
+    let connect = env.im.connect_url(42, None).await.unwrap();
+    assert_eq!(connect.url, format!("ws://{A}/ws?token={}", connect.token));
+    assert_eq!(connect.expires_in, 10);
+    let stored = env.backend.get(&format!("im_v2_wsToken{}", connect.token), false).await.unwrap();
+    assert_eq!(stored.as_deref(), Some(r#"{"Item1":42,"Item2":null}"#));
 });
 
 both!(payloads_on_node_channels_are_byte_exact, |kind| async move {
@@ -111,6 +116,29 @@ both!(presence_reads_skip_zero_and_non_numeric_ids, |kind| async move {
     assert!(!env.im.has_online(8).await.unwrap());
     assert_eq!(env.im.has_online_many(&[8, 7, -4]).await.unwrap(), vec![false, true, true]);
     assert_eq!(env.im.has_online_many(&[]).await.unwrap(), Vec::<bool>::new());
+});
+
+both!(online_pages_scan_every_online_client, |kind| async move {
+    let env = Env::new(kind);
+    let online = |id: i64| freeim::backend::Op::HIncrBy { key: "im_v2_wsOnline".into(), field: id.to_string(), by: 1 };
+    // More than Redis keeps in one listpack (512 here), which HSCAN returns whole.
+    env.backend.execute((1..=1000).map(online).collect()).await.unwrap();
+    let (mut ids, mut cursor, mut pages) = (Vec::new(), 0, 0);
+    loop {
+        let page = env.im.online_page(cursor, 20).await.unwrap();
+        ids.extend(page.client_ids);
+        pages += 1;
+        if page.cursor == 0 {
+            break;
+        }
+        cursor = page.cursor;
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids, (1..=1000).collect::<Vec<i64>>());
+    assert!(pages > 1, "HSCAN pages, not one HKEYS");
+    let empty = Env::new(kind).im.online_page(0, 20).await.unwrap();
+    assert_eq!((empty.cursor, empty.client_ids), (0, vec![]));
 });
 
 both!(clear_chan_client_also_fixes_client_and_list_keys, |kind| async move {

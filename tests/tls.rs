@@ -98,6 +98,55 @@ async fn plain_http_to_a_tls_node_is_refused_without_harm() {
     cluster.shutdown().await;
 }
 
+/// A TLS client for `addr` trusting `cert`.
+async fn tls_stream(addr: std::net::SocketAddr, cert: &TestCert) -> TlsStream<tokio::net::TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    TlsConnector::from(Arc::new(client)).connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_api_is_served_over_tls_and_hands_out_wss_urls() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cert = test_cert();
+    let config = server_config(&cert);
+    let keys = freeim::gateway::ApiKeys::new(["k"]).unwrap();
+    let cluster = Cluster::start_with(Kind::Memory, 1, |c| {
+        c.tls = Some(config.clone());
+        c.api = Some(freeim::gateway::ApiConfig::new(keys.clone()));
+    })
+    .await;
+    let mut tls = tls_stream(cluster.addr(0), &cert).await;
+    let body = r#"{"client_id":5}"#;
+    let call = format!(
+        "POST /api/connect_url HTTP/1.1\r\nHost: t\r\nConnection: close\r\nX-API-Key: k\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tls.write_all(call.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    // The server closes the TLS session without close_notify at times: read what came.
+    let _ = tokio::time::timeout(WAIT, tls.read_to_string(&mut answer)).await;
+    assert_eq!(status_of(answer.as_bytes()), 200, "{answer}");
+    let json: serde_json::Value = serde_json::from_str(answer.split_once("\r\n\r\n").unwrap().1).unwrap();
+    let url = json["url"].as_str().unwrap();
+    let expected = format!("wss://{}/ws?token={}", cluster.servers[0], json["token"].as_str().unwrap());
+    assert_eq!(url, expected);
+    let ws_url = url.replacen("wss://", "ws://", 1);
+    let mut ws = connect_wss(&ws_url, &cert).await;
+    eventually(None, || async { cluster.im.has_online(5).await.unwrap() }).await;
+    cluster.im.send_message(0, &[5], "over tls", false).await.unwrap();
+    assert_eq!(ws.next_frame().await, Message::text("\"over tls\""));
+    cluster.shutdown().await;
+}
+
 #[test]
 fn tls_flags_are_validated_with_one_line_errors() {
     let cert = test_cert();

@@ -10,7 +10,7 @@
 //! up to one stream node more).
 
 use super::log::{self, LogEntry, LogHead, LogRead, META_EPOCH, META_FINGERPRINT, META_TOP};
-use super::{BackendError, Op, PubSubMessage, SUBSCRIPTION_QUEUE, Script, Source, Subscription};
+use super::{BackendError, FieldPage, Op, PubSubMessage, SUBSCRIPTION_QUEUE, Script, Source, Subscription};
 use crate::durable::{self, Epoch};
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
@@ -334,6 +334,31 @@ impl MemoryBackend {
         Ok(fields.iter().map(|f| hash.and_then(|h| h.get(f).cloned())).collect())
     }
 
+    /// Fields are visited in the order of [`scan_position`], a page ends after the last
+    /// field of its position (positions are shared only by hash collisions), and the cursor
+    /// is the next position: a field present throughout a scan is returned exactly once,
+    /// however the hash changes meanwhile, as `HSCAN` promises.
+    pub(super) async fn hscan_fields(&self, key: &str, cursor: u64, count: usize) -> Result<FieldPage, BackendError> {
+        let state = self.state();
+        let Some(hash) = state.hashes.get(key) else { return Ok(FieldPage { cursor: 0, fields: Vec::new() }) };
+        let mut ahead: Vec<(u64, &String)> =
+            hash.keys().map(|f| (scan_position(f), f)).filter(|(p, _)| *p >= cursor).collect();
+        ahead.sort_unstable();
+        let mut end = count.max(1).min(ahead.len());
+        while end < ahead.len() && ahead[end].0 == ahead[end - 1].0 {
+            end += 1;
+        }
+        let next = match ahead.get(end) {
+            Some(&(position, _)) => position,
+            None => 0,
+        };
+        Ok(FieldPage { cursor: next, fields: ahead[..end].iter().map(|(_, f)| (*f).clone()).collect() })
+    }
+
+    pub(super) async fn hlen(&self, key: &str) -> Result<u64, BackendError> {
+        Ok(self.state().hashes.get(key).map_or(0, |h| h.len() as u64))
+    }
+
     pub(super) async fn hgetall(&self, key: &str) -> Result<Vec<(String, String)>, BackendError> {
         let state = self.state();
         let entries = state.hashes.get(key).map(|h| h.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
@@ -405,6 +430,17 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Scan positions are below this: at most 18 decimal digits, like the short cursors of Redis
+/// (the HTTP API documents cursors as at most 19 digits).
+const SCAN_POSITIONS: u64 = 1_000_000_000_000_000_000;
+
+/// Where `field` comes in a scan of the in-process broker: a hash of it that is never 0
+/// (cursor 0 means "start" and "done", as on Redis). Stable within the process.
+fn scan_position(field: &str) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    (BuildHasherDefault::<DefaultHasher>::default().hash_one(field) % SCAN_POSITIONS).max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -412,6 +448,31 @@ mod tests {
     const LOG: &str = "L";
     const META: &str = "M";
     const CHANNEL: &str = "C";
+
+    #[tokio::test]
+    async fn a_hash_scan_returns_every_field_once_even_when_fields_come_and_go() {
+        let memory = MemoryBackend::new();
+        let fields: Vec<String> = (0..500).map(|i| i.to_string()).collect();
+        memory.state().hash("H").extend(fields.iter().map(|f| (f.clone(), "1".to_owned())));
+        let (mut seen, mut cursor, mut pages) = (Vec::new(), 0, 0);
+        loop {
+            let page = memory.hscan_fields("H", cursor, 7).await.unwrap();
+            // Churn between pages: a new field and a removed one that were not there throughout.
+            memory.state().hash("H").insert(format!("new{pages}"), "1".into());
+            memory.state().hdel("H", &format!("new{}", pages.max(1) - 1));
+            seen.extend(page.fields.into_iter().filter(|f| !f.starts_with("new")));
+            pages += 1;
+            if page.cursor == 0 {
+                break;
+            }
+            cursor = page.cursor;
+        }
+        seen.sort_by_key(|f| f.parse::<u32>().unwrap());
+        assert_eq!(seen, fields);
+        assert!(pages >= 500 / 7, "{pages} pages");
+        assert_eq!(memory.hscan_fields("missing", 0, 10).await.unwrap(), FieldPage { cursor: 0, fields: vec![] });
+        assert_eq!(memory.hlen("H").await.unwrap(), 501);
+    }
 
     fn append(payloads: &[&str], size: u64, ttl_ms: u64, fresh: Epoch, fingerprint: &str) -> Op {
         Op::LogAppend {

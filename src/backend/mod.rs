@@ -249,6 +249,15 @@ impl Subscription {
     }
 }
 
+/// One page of a hash scan ([`Backend::hscan_fields`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldPage {
+    /// Where the next page starts; 0 when this was the last one.
+    pub cursor: u64,
+    /// The fields of this page.
+    pub fields: Vec<String>,
+}
+
 /// Redis or the in-process broker. Cheap to clone; clones share connections.
 #[derive(Debug, Clone)]
 pub enum Backend {
@@ -310,6 +319,17 @@ impl Backend {
             return Ok(Vec::new());
         }
         delegate!(self, b => b.hmget(key, fields).await)
+    }
+    /// One page of `HSCAN key cursor COUNT count`: the next cursor (0 at the end) and the
+    /// fields of this page (a field may come twice across pages, as with Redis). Every field
+    /// present from the first page to the last is returned; the page never blocks the store
+    /// for longer than about `count` fields, unlike `HKEYS`.
+    pub async fn hscan_fields(&self, key: &str, cursor: u64, count: usize) -> Result<FieldPage, BackendError> {
+        delegate!(self, b => b.hscan_fields(key, cursor, count).await)
+    }
+    /// `HLEN key`
+    pub async fn hlen(&self, key: &str) -> Result<u64, BackendError> {
+        delegate!(self, b => b.hlen(key).await)
     }
     /// `HGETALL key`
     pub async fn hgetall(&self, key: &str) -> Result<Vec<(String, String)>, BackendError> {

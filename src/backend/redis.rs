@@ -9,7 +9,7 @@
 
 use super::log::{self, LogEntry, LogHead, LogRead};
 use super::pubsub::{RedisSubscriber, Target};
-use super::{BackendError, Op, Script, Source, Subscription};
+use super::{BackendError, FieldPage, Op, Script, Source, Subscription};
 use crate::durable::Epoch;
 use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -191,6 +191,17 @@ impl RedisBackend {
 
     pub(super) async fn hmget(&self, key: &str, fields: &[String]) -> Result<Vec<Option<String>>, BackendError> {
         self.query(redis::cmd("HMGET").arg(key).arg(fields)).await
+    }
+
+    pub(super) async fn hscan_fields(&self, key: &str, cursor: u64, count: usize) -> Result<FieldPage, BackendError> {
+        // Redis 7.0 has no NOVALUES: the reply is field, value, field, value…
+        let cmd = redis::cmd("HSCAN").arg(key).arg(cursor).arg("COUNT").arg(count).clone();
+        let (cursor, pairs): (u64, Vec<String>) = self.query(&cmd).await?;
+        Ok(FieldPage { cursor, fields: pairs.into_iter().step_by(2).collect() })
+    }
+
+    pub(super) async fn hlen(&self, key: &str) -> Result<u64, BackendError> {
+        self.query(redis::cmd("HLEN").arg(key)).await
     }
 
     pub(super) async fn hgetall(&self, key: &str) -> Result<Vec<(String, String)>, BackendError> {

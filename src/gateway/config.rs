@@ -35,6 +35,8 @@ pub const DEFAULT_MAX_FRAMES_PER_SEC: u32 = 100;
 /// File descriptors kept free for Redis, logs and the listener when the default connection
 /// limit is derived from the process's open-file limit.
 const RESERVED_FDS: u64 = 64;
+/// Default largest HTTP API request body: 1 MiB, the default largest message of a send.
+pub const DEFAULT_API_MAX_BODY: usize = 1024 * 1024;
 /// A WebSocket handshake (request, token lookup, answer) must complete within this.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -81,6 +83,56 @@ pub struct GatewayConfig {
     /// batch of channel messages, as FreeIM does; needed when a .NET ImHelper (FreeIM's own
     /// scripts, which publish nothing) joins or leaves channels.
     pub chan_cache: bool,
+    /// The HTTP API (`POST /api/<method>`); `None`: no API, `/api/…` answers 404.
+    pub api: Option<ApiConfig>,
+}
+
+/// The HTTP API's settings (docs/API.md).
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// The keys a call may present; more than one while a key is rotated.
+    pub keys: ApiKeys,
+    /// Serve the API here instead of on the node's listener (plain HTTP: keep it private).
+    pub listen: Option<SocketAddr>,
+    /// Largest request body; beyond, 413.
+    pub max_body: usize,
+}
+
+impl ApiConfig {
+    /// The API on the node's listener with `keys` and the default body limit.
+    pub fn new(keys: ApiKeys) -> Self {
+        ApiConfig { keys, listen: None, max_body: DEFAULT_API_MAX_BODY }
+    }
+}
+
+/// API keys. Their `Debug` shows how many there are, never a key, so that no log line can
+/// hold one.
+#[derive(Clone)]
+pub struct ApiKeys(Vec<String>);
+
+impl ApiKeys {
+    /// At least one key, each of printable ASCII without spaces (what a header value can
+    /// carry as is).
+    pub fn new<S: Into<String>>(keys: impl IntoIterator<Item = S>) -> Result<Self, ConfigError> {
+        let keys: Vec<String> = keys.into_iter().map(Into::into).collect();
+        let printable = |k: &String| !k.is_empty() && k.bytes().all(|b| b.is_ascii_graphic());
+        if keys.is_empty() || !keys.iter().all(printable) {
+            // The key is not echoed: it is a secret.
+            return Err(invalid("api-key", "each key must be printable ASCII without spaces, at least 1 character"));
+        }
+        Ok(ApiKeys(keys))
+    }
+
+    /// The keys, for the constant-time comparison (`api::auth`).
+    pub(crate) fn as_slice(&self) -> &[String] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ApiKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ApiKeys({} redacted)", self.0.len())
+    }
 }
 
 impl GatewayConfig {
@@ -270,7 +322,27 @@ settings! {
             help = with_default("Keep channel members in memory; off: read them from Redis per batch of \
                 channel messages, as FreeIM (needed when a .NET ImHelper joins or leaves channels)", "on")))]
         pub chan_cache: Option<bool>,
+        /// `--api-key`: see [`ApiConfig::keys`]. Repeat the flag, or give a comma list.
+        #[cfg_attr(feature = "cli", arg(long, env = "FREEIM_API_KEY", value_name = "KEY", value_delimiter = ',',
+            help = with_default("Enable the HTTP API (POST /api/<method>) for callers presenting this key; \
+                repeat or comma-separate for rotation", "no API: /api/ answers 404")))]
+        #[serde(default, deserialize_with = "list_setting")]
+        pub api_key: Option<Vec<String>>,
+        /// `--api-listen`: see [`ApiConfig::listen`].
+        #[cfg_attr(feature = "cli", arg(long, env = "FREEIM_API_LISTEN", value_name = "ADDR",
+            help = with_default("Serve the HTTP API on this address (plain HTTP) instead of the node's listener",
+                "the node's listener")))]
+        pub api_listen: Option<String>,
+        /// `--api-max-body`: see [`ApiConfig::max_body`].
+        #[cfg_attr(feature = "cli", arg(long, env = "FREEIM_API_MAX_BODY", value_name = "BYTES",
+            help = with_default("Largest HTTP API request body; beyond, 413", DEFAULT_API_MAX_BODY)))]
+        pub api_max_body: Option<usize>,
     }
+}
+
+/// A list setting in a `--config` file: a comma-separated string or an array.
+fn list_setting<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    Ok(Some(ServerList::deserialize(d)?.into_vec()))
 }
 
 /// A TOML error on one line, with where it is: the line number and the key on that line.
@@ -331,6 +403,7 @@ impl Settings {
         }
         Ok(GatewayConfig {
             chan_cache: self.chan_cache.unwrap_or(true),
+            api: resolve_api(self.api_key, self.api_listen, self.api_max_body)?,
             history_size,
             history_ttl: seconds("history-ttl", self.history_ttl, DEFAULT_HISTORY_TTL.as_secs())?,
             allowed_origins: resolve_origins(self.allowed_origins)?,
@@ -366,6 +439,23 @@ fn resolve_nodes(server: Option<String>, servers: Option<ServerList>) -> Result<
         return Err(invalid("server", format!("{server:?} is not in --servers ({})", servers.join(","))));
     }
     Ok((server, servers))
+}
+
+/// The API when keys are given; `--api-listen` needs them.
+fn resolve_api(
+    keys: Option<Vec<String>>,
+    listen: Option<String>,
+    max_body: Option<usize>,
+) -> Result<Option<ApiConfig>, ConfigError> {
+    let Some(keys) = keys else {
+        return match listen {
+            Some(_) => Err(invalid("api-listen", "needs --api-key (without a key there is no API)")),
+            None => Ok(None),
+        };
+    };
+    let listen = listen.map(|l| resolve_addr(&l).map_err(|reason| invalid("api-listen", reason))).transpose()?;
+    let max_body = at_least_one("api-max-body", max_body, DEFAULT_API_MAX_BODY)?;
+    Ok(Some(ApiConfig { keys: ApiKeys::new(keys)?, listen, max_body }))
 }
 
 /// Origins are `http://…` or `https://…`; none given: any origin.
@@ -477,6 +567,8 @@ mod tests {
             (&format!("{base}server = '127.0.0.1:1'\nlisten = 'nohost'"), "--listen: "),
             (&format!("{base}server = '127.0.0.1:1'\nmax-connections = 0"), "--max-connections: must be at least 1"),
             (&format!("{base}server = '127.0.0.1:1'\nallowed-origins = 'example.com'"), "--allowed-origins: "),
+            (&format!("{base}server = '127.0.0.1:1'\napi-listen = '127.0.0.1:9'"), "--api-listen: needs --api-key"),
+            (&format!("{base}server = '127.0.0.1:1'\napi-key = 'a,b c'"), "--api-key: each key must be printable"),
         ];
         for (toml, want) in cases {
             let err = settings(toml).resolve().unwrap_err().to_string();
@@ -485,6 +577,19 @@ mod tests {
         assert!(Settings::from_toml("bogus = 1").unwrap_err().contains("unknown field"));
         let err = Settings::from_toml("redis = 'redis://r'\nping-interval = 'x'").unwrap_err();
         assert_eq!(err, "line 2, `ping-interval`: invalid type: string \"x\", expected u64");
+    }
+
+    #[test]
+    fn api_keys_come_as_a_list_or_a_comma_string_and_never_print() {
+        let base = "redis = 'redis://h'\nservers = '127.0.0.1:1'\nserver = '127.0.0.1:1'\n";
+        for keys in ["api-key = 'k1,k2'", "api-key = ['k1', 'k2']"] {
+            let (_, c) = settings(&format!("{base}{keys}")).resolve().unwrap();
+            let api = c.api.expect("keys enable the API");
+            assert_eq!(api.keys.as_slice(), ["k1", "k2"]);
+            assert_eq!((api.listen, api.max_body), (None, DEFAULT_API_MAX_BODY));
+            assert_eq!(format!("{api:?}").matches("k1").count(), 0, "{api:?}");
+        }
+        assert!(settings(base).resolve().unwrap().1.api.is_none());
     }
 
     /// Every flag reads `FREEIM_<FLAG>`, the variable [`ConfigError::Missing`] names.
@@ -514,6 +619,8 @@ mod tests {
         let s = parse(&["--allow-token-reuse", "--ping-interval", "5", "--allowed-origins", "https://a,https://b"]);
         assert_eq!((s.allow_token_reuse, s.ping_interval), (Some(true), Some(5)));
         assert_eq!(s.allowed_origins, Some(ServerList::Csv("https://a,https://b".into())));
+        let s = parse(&["--api-key", "a,b", "--api-key", "c"]);
+        assert_eq!(s.api_key, Some(vec!["a".to_owned(), "b".to_owned(), "c".to_owned()]));
         let s = parse(&[]);
         assert_eq!((s.allow_token_reuse, s.ping_interval, s.redis), (None, None, None));
     }

@@ -1,6 +1,7 @@
 //! The HTTP side of a connection: reading the request head, routing it, and the answers:
 //! `/healthz`, `/metrics`, and the WebSocket upgrade of `{path}?token=…` after the
-//! operator's limits and the token lookup.
+//! operator's limits and the token lookup. A request for `/api/…` goes to the HTTP API
+//! (`api`) with the bytes read, when the API is served on this listener.
 //!
 //! A request that is not a valid upgrade with a live token gets a plain HTTP error and is
 //! closed: 400 (not an upgrade), 401 (token), 403 (origin), 404 (path), 429 (sockets per
@@ -8,10 +9,10 @@
 //! reserve places in the registry rather than count the sockets there, so upgrades arriving
 //! together cannot all pass (see `registry`).
 
-use super::Node;
 use super::metrics::Refusal;
 use super::registry::{ClientReservation, Reservation};
 use super::websocket;
+use super::{Node, api};
 use crate::durable::Resume;
 use crate::protocol::{self, ClientId, TokenValue};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -80,11 +81,20 @@ pub(super) struct Admitted {
     pub(super) client_id: ClientId,
 }
 
-/// Reads the request head and answers it; `Some` when the socket is now a WebSocket.
+/// What becomes of a connection whose request was not answered here.
+pub(super) enum Handoff<'n> {
+    /// It is now a WebSocket.
+    WebSocket(Upgrade<'n>),
+    /// It is an HTTP API connection: the API serves it from the bytes read so far.
+    Api(Vec<u8>),
+}
+
+/// Reads the request head and answers it; `Some` when the socket is now a WebSocket or
+/// belongs to the API.
 pub(super) async fn handshake<'n, S: AsyncRead + AsyncWrite + Unpin>(
     node: &'n Node,
     stream: &mut S,
-) -> Option<Upgrade<'n>> {
+) -> Option<Handoff<'n>> {
     let RequestHead { head, leftover } = match read_head(stream).await {
         Ok(head) => head,
         Err(HeadError::TooLarge) => {
@@ -95,7 +105,13 @@ pub(super) async fn handshake<'n, S: AsyncRead + AsyncWrite + Unpin>(
     };
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
-    let answer = match request.parse(&head) {
+    let parsed = request.parse(&head);
+    if matches!(parsed, Ok(httparse::Status::Complete(_))) && api::takes(node, request.path.unwrap_or("")) {
+        let mut read = head;
+        read.extend_from_slice(&leftover);
+        return Some(Handoff::Api(read));
+    }
+    let answer = match parsed {
         Ok(httparse::Status::Complete(_)) => route(node, &request).await,
         _ => Answer::Refused(Refused::BadRequest("malformed HTTP request")),
     };
@@ -103,7 +119,7 @@ pub(super) async fn handshake<'n, S: AsyncRead + AsyncWrite + Unpin>(
         Answer::Upgrade(Accepted { key, admitted, place, resume }) => {
             let response = websocket::upgrade_response(key.as_bytes());
             stream.write_all(response.as_bytes()).await.ok()?;
-            return Some(Upgrade { admitted, place, leftover, resume });
+            return Some(Handoff::WebSocket(Upgrade { admitted, place, leftover, resume }));
         }
         Answer::Health => health(node),
         Answer::Metrics => metrics(node),

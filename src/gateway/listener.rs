@@ -8,8 +8,8 @@
 
 use super::config::HANDSHAKE_TIMEOUT;
 use super::connection::{self, Conn};
-use super::http::{self, Admitted, Upgrade};
-use super::{Node, presence, resume};
+use super::http::{self, Admitted, Handoff, Upgrade};
+use super::{Node, api, presence, resume};
 use crate::durable::Resume;
 use bytes::Bytes;
 use rustls::ServerConnection;
@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
@@ -35,8 +35,13 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// Accepts sockets until shutdown, each served by its own task.
-pub(crate) async fn run(node: Arc<Node>, listener: TcpListener) {
+/// Accepts sockets until shutdown, each served by its own task running `serve` (`handle`
+/// for the node's listener).
+pub(crate) async fn run<F, Fut>(node: Arc<Node>, listener: TcpListener, serve: F)
+where
+    F: Fn(Arc<Node>, TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -44,7 +49,7 @@ pub(crate) async fn run(node: Arc<Node>, listener: TcpListener) {
         };
         match accepted {
             Ok((stream, peer)) => {
-                node.connections.spawn(handle(node.clone(), stream, peer));
+                node.connections.spawn(serve(node.clone(), stream, peer));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed; backing off");
@@ -54,7 +59,8 @@ pub(crate) async fn run(node: Arc<Node>, listener: TcpListener) {
     }
 }
 
-async fn handle(node: Arc<Node>, stream: TcpStream, peer: SocketAddr) {
+/// One socket of the node's listener, from its first byte to its last presence update.
+pub(super) async fn handle(node: Arc<Node>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
     // Every step but `serve` is boxed: a task's future is as large as its largest state,
     // and only `serve` lasts; the handshake's buffers and Redis futures must not. Mind its
@@ -111,15 +117,30 @@ async fn online(node: &Node, conn: &Arc<Conn>, resume: Option<Resume>) {
 }
 
 /// The TLS handshake when configured, then the HTTP upgrade; the socket, its TLS session
-/// and the upgrade when it is now a WebSocket.
-async fn accept(node: &Node, mut stream: TcpStream) -> Option<(TcpStream, Option<ServerConnection>, Upgrade<'_>)> {
+/// and the upgrade when it is now a WebSocket. An API connection goes to a task of its own
+/// (it may be kept alive far beyond the handshake timeout).
+async fn accept(node: &Arc<Node>, mut stream: TcpStream) -> Option<(TcpStream, Option<ServerConnection>, Upgrade<'_>)> {
     let Some(config) = &node.config.tls else {
-        let upgrade = http::handshake(node, &mut stream).await?;
-        return Some((stream, None, upgrade));
+        return match http::handshake(node, &mut stream).await? {
+            Handoff::WebSocket(upgrade) => Some((stream, None, upgrade)),
+            Handoff::Api(read) => to_api(node, stream, read),
+        };
     };
     let mut tls = TlsAcceptor::from(config.clone()).accept(stream).await.ok()?;
-    let upgrade = http::handshake(node, &mut tls).await?;
+    let upgrade = match http::handshake(node, &mut tls).await? {
+        Handoff::WebSocket(upgrade) => upgrade,
+        Handoff::Api(read) => return to_api(node, tls, read),
+    };
     tls.flush().await.ok()?;
     let (stream, session) = tls.into_inner();
     Some((stream, Some(session), upgrade))
+}
+
+/// Hands an API connection to a task of its own; nothing is left for `accept`'s caller.
+fn to_api<S, T>(node: &Arc<Node>, stream: S, read: Vec<u8>) -> Option<T>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    node.connections.spawn(api::serve(node.clone(), stream, read));
+    None
 }

@@ -4,6 +4,7 @@
 //! - `listener`: accepts TCP, then runs each socket's task: its HTTP request (`http`:
 //!   `/healthz`, `/metrics`, or the upgrade of `/ws?token=…` after the token lookup), its
 //!   frames (`connection`, writing through an `outbox`) and its presence (`presence`);
+//!   an HTTP API connection (`api`) goes to a task of its own;
 //! - `dispatch`: consumes the node channel `{P}Server{server}` and writes frames; it also
 //!   owns the node's durable log (`log`) and serves durable sockets' resumes (`resume`);
 //! - `heartbeat`: pings sockets and closes dead peers;
@@ -13,6 +14,7 @@
 //! Only [`Gateway`] and its configuration are public; freeim's own bench, fuzz targets and
 //! tests reach the pieces they need through `freeim::internals`.
 
+mod api;
 pub mod config;
 mod connection;
 mod dispatch;
@@ -30,7 +32,7 @@ mod rooms;
 mod tls;
 pub(crate) mod websocket;
 
-pub use self::config::{ConfigError, GatewayConfig, Settings};
+pub use self::config::{ApiConfig, ApiKeys, ConfigError, GatewayConfig, Settings};
 use self::connection::CloseReason;
 use self::log::{LogGauge, NodeLog};
 use self::metrics::Metrics;
@@ -107,6 +109,8 @@ impl Node {
 pub struct Gateway {
     node: Arc<Node>,
     local_addr: SocketAddr,
+    /// Where `--api-listen` serves the API, when it is given.
+    api_addr: Option<SocketAddr>,
     tasks: TaskTracker,
 }
 
@@ -115,6 +119,8 @@ impl Gateway {
     pub async fn start(config: GatewayConfig, backend: Backend) -> Result<Gateway, GatewayError> {
         let options = ImClientOptions {
             path: config.path.clone(),
+            // Connect URLs handed out by the HTTP API: `wss://` when the nodes serve TLS.
+            scheme: if config.tls.is_some() { "wss" } else { "ws" }.to_owned(),
             history_size: config.history_size,
             history_ttl: config.history_ttl,
             ..ImClientOptions::new(config.servers.clone())
@@ -123,6 +129,11 @@ impl Gateway {
         let listener =
             listener::bind(config.listen).map_err(|source| GatewayError::Bind { addr: config.listen, source })?;
         let local_addr = listener.local_addr().map_err(|source| GatewayError::Bind { addr: config.listen, source })?;
+        let api_listener = match config.api.as_ref().and_then(|api| api.listen) {
+            Some(addr) => Some(listener::bind(addr).map_err(|source| GatewayError::Bind { addr, source })?),
+            None => None,
+        };
+        let api_addr = api_listener.as_ref().and_then(|l| l.local_addr().ok());
         let mut subscription = client.backend().subscribe(vec![client.keys().server(&config.server)]);
         let sockets_key = client.keys().node_sockets(&config.server);
         let away_key = client.keys().node_away(&config.server);
@@ -159,17 +170,31 @@ impl Gateway {
         };
         let _ = tokio::time::timeout(STARTUP_CLEANUP_TIMEOUT, startup).await;
         let tasks = TaskTracker::new();
-        tasks.spawn(listener::run(node.clone(), listener));
+        tasks.spawn(listener::run(node.clone(), listener, listener::handle));
+        if let Some(api_listener) = api_listener {
+            let serve = |node, stream: tokio::net::TcpStream, _| {
+                // Small answers on kept-alive connections: no Nagle delay.
+                let _ = stream.set_nodelay(true);
+                api::serve(node, stream, Vec::new())
+            };
+            tasks.spawn(listener::run(node.clone(), api_listener, serve));
+            tracing::info!(addr = ?api_addr, "HTTP API listening");
+        }
         tasks.spawn(dispatch::run(node.clone(), subscription, log, resume_requests));
         tasks.spawn(heartbeat::run(node.clone()));
         tasks.spawn(lease::run(node.clone()));
         tracing::info!(server = %node.config.server, %local_addr, path = %node.config.path, "gateway listening");
-        Ok(Gateway { node, local_addr, tasks })
+        Ok(Gateway { node, local_addr, api_addr, tasks })
     }
 
     /// The address the node listens on (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where the HTTP API has a listener of its own (`--api-listen`; useful with port 0).
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api_addr
     }
 
     /// Sockets currently open on this node.

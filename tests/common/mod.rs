@@ -1,7 +1,8 @@
 //! The test kit shared by every integration test: real `redis-server` processes
 //! ([`redis`]), the backend a behaviour test runs on ([`backend`]), in-process gateway
 //! clusters ([`cluster`]), WebSocket clients ([`ws`]), one small HTTP client ([`http`]),
-//! `freeim` child processes ([`process`]) and free loopback ports ([`ports`]).
+//! `freeim` child processes ([`process`]), free loopback ports ([`ports`]) and the HTTP API's
+//! OpenAPI checker ([`openapi`]).
 //!
 //! Here live only the timings every test shares and [`eventually`], the one way to wait
 //! for a condition. Each test binary compiles the whole kit and uses a part of it, so
@@ -11,13 +12,14 @@
 mod backend;
 mod cluster;
 mod http;
+mod openapi;
 mod ports;
 mod process;
 mod redis;
 mod ws;
 
 #[allow(unused_imports)]
-pub use self::{backend::*, cluster::*, http::*, ports::*, process::*, redis::*, ws::*};
+pub use self::{backend::*, cluster::*, http::*, openapi::*, ports::*, process::*, redis::*, ws::*};
 
 use std::future::Future;
 use std::time::{Duration, Instant};

@@ -37,7 +37,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use clap::Args;
 use freeim::backend::{Backend, MemoryBackend, RedisBackend};
-use freeim::gateway::{ConfigError, Gateway, GatewayConfig};
+use freeim::gateway::{ApiConfig, ApiKeys, ConfigError, Gateway, GatewayConfig};
 use freeim::{ImClient, ImClientOptions};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -61,7 +61,14 @@ pub struct QuickArgs {
     /// All-in-one demo: address of the gateway (the browsers' WebSocket endpoint).
     #[arg(long, value_name = "HOST:PORT", default_value = DEFAULT_GATEWAY)]
     gateway: String,
+    /// All-in-one demo: key of the gateway's HTTP API (POST /api/<method>) [default: a
+    /// random key, printed at start]
+    #[arg(long, env = "FREEIM_API_KEY", value_name = "KEY")]
+    api_key: Option<String>,
 }
+
+/// Characters of the API key the quick start makes up when none is given.
+const QUICK_API_KEY_LEN: usize = 32;
 
 /// Flags of `freeim demo`.
 #[derive(Debug, Args)]
@@ -102,10 +109,19 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
 
 /// `freeim` alone: a gateway and the demo app in one process on the in-process broker.
 pub fn run_all_in_one(args: QuickArgs) -> anyhow::Result<()> {
-    let config = GatewayConfig::new(&args.gateway, &[&args.gateway]).map_err(|e| match e {
+    let mut config = GatewayConfig::new(&args.gateway, &[&args.gateway]).map_err(|e| match e {
         ConfigError::Invalid { reason, .. } => anyhow!("--gateway: {reason}"),
         e => anyhow!("--gateway: {e}"),
     })?;
+    // A key of the user's is not printed; a made-up one is, so the quick start can curl.
+    let (key, shown) = match args.api_key {
+        Some(key) => (key, "$FREEIM_API_KEY".to_owned()),
+        None => {
+            let key: String = (0..QUICK_API_KEY_LEN).map(|_| rand::random_range(b'a'..=b'z') as char).collect();
+            (key.clone(), key)
+        }
+    };
+    config.api = Some(ApiConfig::new(ApiKeys::new([key]).map_err(|e| anyhow!("{e}"))?));
     super::runtime(None)?.block_on(async {
         let listener = bind(&args.listen, "--listen").await?;
         let backend = Backend::Memory(MemoryBackend::new());
@@ -121,6 +137,10 @@ pub fn run_all_in_one(args: QuickArgs) -> anyhow::Result<()> {
         let im = ImClient::new(backend, options)?;
         println!("FreeIM is running in one process (gateway ws://{public}/ws, in-memory broker, Ctrl-C to stop)");
         println!("Open the chat: {}", page_url(&listener)?);
+        println!(
+            "HTTP API: curl -H 'X-API-Key: {shown}' -d '{{\"content\":\"hello\"}}' http://{}/api/broadcast",
+            gateway.local_addr()
+        );
         let stop = CancellationToken::new();
         let mut web = tokio::spawn(serve(listener, im, stop.clone()));
         let outcome = tokio::select! {
