@@ -36,6 +36,9 @@ pub const DEFAULT_HISTORY_SIZE: u64 = 100_000;
 /// Default lifetime of a node's durable log after its last durable send: 120 s. The owning
 /// node also trims entries older than this; a resume that needed them gets `recovered:false`.
 pub const DEFAULT_HISTORY_TTL: Duration = Duration::from_secs(120);
+/// Fields asked of Redis per `HSCAN` page when [`ImClient::get_client_list_by_online`] lists
+/// every online client (each page is a short command, however many are online).
+pub const ONLINE_PAGE: usize = 1000;
 
 /// FNV-1a 64-bit offset basis, for [`fingerprint`].
 const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
@@ -432,9 +435,25 @@ impl ImClient {
         }
     }
 
-    /// Ids of every client with at least one socket, on any node (`HKEYS {P}Online`).
+    /// Ids of every client with at least one socket, on any node, in ascending order. Read
+    /// with [`ImClient::online_page`] pages of [`ONLINE_PAGE`] (`HSCAN`), not FreeIM's one
+    /// `HKEYS {P}Online`, which blocks Redis for every other client while it lists a
+    /// million online clients.
     pub async fn get_client_list_by_online(&self) -> Result<Vec<ClientId>> {
-        Ok(protocol::member_ids(&self.hkeys(self.shared.keys.online().to_owned()).await?))
+        let mut ids = Vec::new();
+        let mut cursor = 0;
+        loop {
+            let page = self.online_page(cursor, ONLINE_PAGE).await?;
+            ids.extend(page.client_ids);
+            cursor = page.cursor;
+            if cursor == 0 {
+                break;
+            }
+        }
+        // A scan may list a field twice (when the hash is resized meanwhile).
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids)
     }
 
     /// One page of the ids of online clients (`HSCAN {P}Online cursor COUNT count`): start

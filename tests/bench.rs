@@ -54,3 +54,25 @@ fn bench_resume_storm_recovers_every_socket_with_its_gap() {
     assert_eq!(counts, [Some(300), Some(300), Some(0), Some(3_000), Some(0)], "{record}");
     assert!(record["all_current_s"].as_f64().is_some_and(|s| s > 0.0), "{record}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_p2p_publishes_through_the_http_api() {
+    let redis = RedisServer::start();
+    let addr = free_addr();
+    let server_args = ["server", "--redis", &redis.url(), "--server", &addr, "--servers", &addr];
+    let node = FreeimProcess::start(&server_args, &[("RUST_LOG", "warn"), ("FREEIM_API_KEY", "k1")], &addr, 200).await;
+    let json = std::env::temp_dir().join(format!("freeim-bench-api-{}.jsonl", std::process::id()));
+    let _ = std::fs::remove_file(&json);
+    let (url, json_path) = (redis.url(), json.to_str().unwrap().to_owned());
+    let args = ["bench", "p2p", "--redis", &url, "--servers", &addr, "--api-key", "k1"];
+    let args: Vec<&str> = args.into_iter().chain(["--clients", "50", "--messages", "500", "--json", &json_path]).collect();
+    let Finished { code, stdout, stderr } = run(&args, &[("RUST_LOG", "warn")], SMOKE_WITHIN);
+    assert_eq!(code, Some(0), "bench failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    let record: serde_json::Value = serde_json::from_str(std::fs::read_to_string(&json).unwrap().trim()).unwrap();
+    let _ = std::fs::remove_file(&json);
+    let counts = ["delivered", "missing", "send_errors"].map(|k| record[k].as_u64());
+    assert_eq!((&record["target"], counts), (&serde_json::json!("freeim-api"), [Some(500), Some(0), Some(0)]));
+    let api_calls = metric(&metrics(&addr).await, "freeim_api_calls_total{method=\"send\",status=\"200\"}");
+    assert!(api_calls >= 500, "the sends went through the API: {api_calls}");
+    drop(node);
+}

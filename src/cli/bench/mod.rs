@@ -15,6 +15,7 @@
 //! the baseline), [`baseline`] (the raw server), [`cluster`] (child processes), [`stats`]
 //! and [`report`] (figures and tables), [`payload`] (message stamps).
 
+mod api;
 mod baseline;
 mod client;
 mod cluster;
@@ -132,6 +133,10 @@ struct TargetArgs {
     /// sockets, so this measures the log's cost on the publisher, Redis and the nodes).
     #[arg(long)]
     durable: bool,
+    /// Publish through the nodes' HTTP API with this key (`POST /api/send`, …, on
+    /// keep-alive connections), as a backend in another language would.
+    #[arg(long, value_name = "KEY", env = "FREEIM_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
 }
 
 impl TargetArgs {
@@ -140,13 +145,16 @@ impl TargetArgs {
         anyhow::ensure!(raw || self.cluster.redis.is_some(), "--redis is required unless --raw-control");
         let redis = if raw { None } else { self.cluster.redis.clone() };
         Ok(Target {
-            label: match (raw, self.durable) {
-                (true, _) => "raw",
-                (false, false) => "freeim",
-                (false, true) => "freeim-durable",
+            label: match (raw, self.api_key.is_some(), self.durable) {
+                (true, _, _) => "raw",
+                (false, false, false) => "freeim",
+                (false, false, true) => "freeim-durable",
+                (false, true, false) => "freeim-api",
+                (false, true, true) => "freeim-api-durable",
             }
             .to_owned(),
             durable: self.durable && !raw,
+            api_key: self.api_key.clone().filter(|_| !raw),
             spec: TargetSpec {
                 nodes: self.cluster.servers()?.to_vec(),
                 redis,

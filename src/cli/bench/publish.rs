@@ -1,14 +1,16 @@
 //! The publisher: sends the bench's messages through [`ImClient`] (Redis, then our
-//! gateways) or through the raw baseline's control sockets, at a pace or back to back.
+//! gateways), through the nodes' HTTP API ([`super::api`]), or through the raw baseline's
+//! control sockets, at a pace or back to back.
 //!
 //! With `ImClient`, each send is a Redis round trip; up to a window of them are in flight at
 //! once on the multiplexed connection (which pipelines them), so sending back to back is
-//! not bounded by latency. The raw baseline gets the very same frame payloads (the message
+//! not bounded by latency. Through the API, the pool's connections bound what is in flight. The raw baseline gets the very same frame payloads (the message
 //! serialized to JSON by the same code), buffered and written in large writes.
 
+use super::api::ApiPool;
 use super::baseline::Control;
 use freeim::protocol::{self, ClientId};
-use freeim::{ImClient, Result as ImResult};
+use freeim::ImClient;
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
@@ -32,18 +34,51 @@ pub enum Audience {
     },
 }
 
-/// Sends messages to our gateways or to the raw baseline.
-pub enum Publisher {
-    /// Through Redis with our library.
-    Ours {
+/// How our gateways are sent to.
+#[derive(Clone)]
+pub enum Route {
+    /// Through Redis with our library; durable sends are logged on their node.
+    Library {
         /// The business-side client.
         im: ImClient,
-        /// Sends awaiting their Redis reply.
-        inflight: FuturesUnordered<BoxFuture<'static, ImResult<()>>>,
+        /// Whether sends are durable.
+        durable: bool,
+    },
+    /// Through the nodes' HTTP API.
+    Api(ApiPool),
+}
+
+impl Route {
+    /// One send; whether it was accepted.
+    async fn send(self, audience: Audience, text: String) -> bool {
+        let (im, durable) = match self {
+            Route::Api(pool) => return pool.send(&audience, &text).await,
+            Route::Library { im, durable } => (im, durable),
+        };
+        let sent = match (audience, durable) {
+            (Audience::Chan(Some(chan)), false) => im.send_chan_message(0, &chan, &text).await,
+            (Audience::Chan(Some(chan)), true) => im.durable().send_chan_message(0, &chan, &text).await,
+            (Audience::Chan(None), false) => im.send_broadcast_message(&text).await,
+            (Audience::Chan(None), true) => im.durable().send_broadcast_message(&text).await,
+            (Audience::Direct { sender, receiver }, false) => im.send_message(sender, &[receiver], &text, false).await,
+            (Audience::Direct { sender, receiver }, true) => {
+                im.durable().send_message(sender, &[receiver], &text, false).await
+            }
+        };
+        sent.is_ok()
+    }
+}
+
+/// Sends messages to our gateways or to the raw baseline.
+pub enum Publisher {
+    /// To our gateways.
+    Ours {
+        /// Through the library or the API.
+        route: Route,
+        /// Sends awaiting their answer: whether each was accepted.
+        inflight: FuturesUnordered<BoxFuture<'static, bool>>,
         /// Sends that failed.
         errors: u64,
-        /// Whether sends are durable (logged on their node).
-        durable: bool,
     },
     /// Straight to raw servers, one control socket per node.
     Raw {
@@ -55,9 +90,9 @@ pub enum Publisher {
 }
 
 impl Publisher {
-    /// A publisher through `im`, durable or not.
-    pub fn ours(im: ImClient, durable: bool) -> Publisher {
-        Publisher::Ours { im, inflight: FuturesUnordered::new(), errors: 0, durable }
+    /// A publisher to our gateways by `route`.
+    pub fn ours(route: Route) -> Publisher {
+        Publisher::Ours { route, inflight: FuturesUnordered::new(), errors: 0 }
     }
 
     /// A publisher to the raw servers at `controls` (node order).
@@ -73,27 +108,13 @@ impl Publisher {
     /// raw bytes are written now rather than batched.
     pub async fn send(&mut self, audience: &Audience, text: &str, window: usize, paced: bool) {
         match self {
-            Publisher::Ours { im, inflight, errors, durable } => {
+            Publisher::Ours { route, inflight, errors } => {
                 while inflight.len() >= window.max(1) {
-                    if let Some(Err(_)) = inflight.next().await {
+                    if let Some(false) = inflight.next().await {
                         *errors += 1;
                     }
                 }
-                let (im, text, audience, durable) = (im.clone(), text.to_owned(), audience.clone(), *durable);
-                inflight.push(Box::pin(async move {
-                    match (audience, durable) {
-                        (Audience::Chan(Some(chan)), false) => im.send_chan_message(0, &chan, &text).await,
-                        (Audience::Chan(Some(chan)), true) => im.durable().send_chan_message(0, &chan, &text).await,
-                        (Audience::Chan(None), false) => im.send_broadcast_message(&text).await,
-                        (Audience::Chan(None), true) => im.durable().send_broadcast_message(&text).await,
-                        (Audience::Direct { sender, receiver }, false) => {
-                            im.send_message(sender, &[receiver], &text, false).await
-                        }
-                        (Audience::Direct { sender, receiver }, true) => {
-                            im.durable().send_message(sender, &[receiver], &text, false).await
-                        }
-                    }
-                }));
+                inflight.push(Box::pin(route.clone().send(audience.clone(), text.to_owned())));
             }
             Publisher::Raw { controls, errors } => {
                 let content = protocol::to_json(text);
@@ -118,7 +139,7 @@ impl Publisher {
         if let Publisher::Ours { inflight, errors, .. } = self {
             while !inflight.is_empty() {
                 tokio::select! {
-                    done = inflight.next() => if let Some(Err(_)) = done { *errors += 1 },
+                    done = inflight.next() => if let Some(false) = done { *errors += 1 },
                     _ = tokio::time::sleep_until(due) => return,
                 }
             }
@@ -130,8 +151,8 @@ impl Publisher {
     pub async fn finish(&mut self) -> u64 {
         match self {
             Publisher::Ours { inflight, errors, .. } => {
-                while let Some(done) = inflight.next().await {
-                    if done.is_err() {
+                while let Some(ok) = inflight.next().await {
+                    if !ok {
                         *errors += 1;
                     }
                 }

@@ -4,7 +4,8 @@
 
 use super::payload;
 use super::pool::{MAX_PER_WORKER, Pool, Progress};
-use super::publish::{Audience, Publisher};
+use super::api::ApiPool;
+use super::publish::{Audience, Publisher, Route};
 use super::report::Record;
 use super::stats::{CpuProbe, Hist, Percentiles, RssSampler, now_ns, rss_sum_kib};
 use super::worker::{FromWorker, TargetSpec, ToWorker};
@@ -35,6 +36,8 @@ pub struct Target {
     pub label: String,
     /// Publish durably (`ImClient::durable`): each send is logged on its node.
     pub durable: bool,
+    /// Publish through the nodes' HTTP API with this key, instead of the library.
+    pub api_key: Option<String>,
     /// Where the workers connect.
     pub spec: TargetSpec,
     /// Raw servers' control addresses (node order); empty for our gateways.
@@ -61,7 +64,14 @@ impl Target {
 
     /// What publishes the measured messages.
     pub async fn publisher(&self) -> anyhow::Result<Publisher> {
-        if self.is_raw() { Publisher::raw(&self.controls).await } else { Ok(Publisher::ours(self.im()?, self.durable)) }
+        if self.is_raw() {
+            return Publisher::raw(&self.controls).await;
+        }
+        let route = match &self.api_key {
+            Some(key) => Route::Api(ApiPool::open(&self.spec.nodes, key, self.durable).await?),
+            None => Route::Library { im: self.im()?, durable: self.durable },
+        };
+        Ok(Publisher::ours(route))
     }
 
     /// Starts measuring the CPU of the servers, the generator and Redis.

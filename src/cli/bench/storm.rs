@@ -77,6 +77,7 @@ async fn storm(args: &ResumeArgs) -> anyhow::Result<(Record, ResumeCounts)> {
     let mut target = Target {
         label: "freeim-durable".to_owned(),
         durable: true,
+        api_key: None,
         spec,
         controls: Vec::new(),
         watch: nodes.pids(),

@@ -141,6 +141,7 @@ fn start(step: &Step) -> anyhow::Result<(Servers, Target)> {
         let target = Target {
             label: "raw".to_owned(),
             durable: false,
+            api_key: None,
             spec: TargetSpec { nodes: servers.names.clone(), redis: None, path: "/ws".to_owned(), resume: false },
             controls: servers.controls.clone(),
             watch: servers.pids(),
@@ -154,6 +155,7 @@ fn start(step: &Step) -> anyhow::Result<(Servers, Target)> {
     let target = Target {
         label: "freeim".to_owned(),
         durable: false,
+        api_key: None,
         spec: TargetSpec {
             nodes: nodes.names.clone(),
             redis: Some(redis.url.clone()),
