@@ -65,7 +65,8 @@ async fn bench_p2p_publishes_through_the_http_api() {
     let _ = std::fs::remove_file(&json);
     let (url, json_path) = (redis.url(), json.to_str().unwrap().to_owned());
     let args = ["bench", "p2p", "--redis", &url, "--servers", &addr, "--api-key", "k1"];
-    let args: Vec<&str> = args.into_iter().chain(["--clients", "50", "--messages", "500", "--json", &json_path]).collect();
+    let args: Vec<&str> =
+        args.into_iter().chain(["--clients", "50", "--messages", "500", "--json", &json_path]).collect();
     let Finished { code, stdout, stderr } = run(&args, &[("RUST_LOG", "warn")], SMOKE_WITHIN);
     assert_eq!(code, Some(0), "bench failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
     let record: serde_json::Value = serde_json::from_str(std::fs::read_to_string(&json).unwrap().trim()).unwrap();

@@ -137,6 +137,9 @@ struct TargetArgs {
     /// keep-alive connections), as a backend in another language would.
     #[arg(long, value_name = "KEY", env = "FREEIM_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// Bytes of each message's text (its stamp, padded).
+    #[arg(long, value_name = "BYTES", default_value_t = payload::MESSAGE_LEN)]
+    size: usize,
 }
 
 impl TargetArgs {
@@ -155,6 +158,7 @@ impl TargetArgs {
             .to_owned(),
             durable: self.durable && !raw,
             api_key: self.api_key.clone().filter(|_| !raw),
+            message_len: self.size,
             spec: TargetSpec {
                 nodes: self.cluster.servers()?.to_vec(),
                 redis,

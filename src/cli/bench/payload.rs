@@ -4,15 +4,15 @@
 //! serializes it as a JSON string; so the frame a socket receives is `"SEQ TS_NS xxx…"`,
 //! quotes included, and the receiver reads the time back from there.
 
-/// Size of the message text (the notes' figures use 100-byte payloads).
+/// Default size of the message text (the notes' figures use 100-byte payloads).
 pub const MESSAGE_LEN: usize = 100;
 
-/// The text of message `seq`, stamped `ts_ns` (ns since the Unix epoch).
-pub fn message(seq: u64, ts_ns: u64) -> String {
+/// The text of message `seq`, stamped `ts_ns` (ns since the Unix epoch), padded to `len`
+/// bytes (never shorter than its stamp).
+pub fn message(seq: u64, ts_ns: u64, len: usize) -> String {
     let mut text = format!("{seq} {ts_ns} ");
-    while text.len() < MESSAGE_LEN {
-        text.push('x');
-    }
+    let pad = len.saturating_sub(text.len());
+    text.extend(std::iter::repeat_n('x', pad));
     text
 }
 
@@ -34,8 +34,9 @@ mod tests {
 
     #[test]
     fn stamps_survive_json_serialization() {
-        let text = message(42, 1_700_000_000_123_456_789);
+        let text = message(42, 1_700_000_000_123_456_789, MESSAGE_LEN);
         assert_eq!(text.len(), MESSAGE_LEN);
+        assert_eq!(message(1, 2, 4096).len(), 4096);
         let frame = freeim::protocol::to_json(text.as_str());
         assert_eq!(stamp(frame.as_bytes()), Some((42, 1_700_000_000_123_456_789)));
         assert_eq!(stamp(b"\"nope\""), None);

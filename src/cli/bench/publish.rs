@@ -9,8 +9,8 @@
 
 use super::api::ApiPool;
 use super::baseline::Control;
-use freeim::protocol::{self, ClientId};
 use freeim::ImClient;
+use freeim::protocol::{self, ClientId};
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;

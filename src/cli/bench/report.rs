@@ -24,6 +24,9 @@ pub struct Record {
     /// Messages published.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub messages: Option<u64>,
+    /// Bytes of each message's text (0 when no message was sent).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub message_bytes: usize,
     /// Sockets upgraded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ok: Option<u64>,
@@ -92,9 +95,10 @@ impl Record {
                 format!("{} durable sockets, a {m}-message gap each", si(self.size as f64))
             }
             Some(m) if self.scenario.starts_with("p2p") => {
-                format!("{} clients/{} nodes, {} msgs {rate}", si(self.size as f64), self.nodes, si(m as f64))
+                let (clients, nodes, m) = (si(self.size as f64), self.nodes, si(m as f64));
+                format!("{clients} clients/{nodes} nodes, {m} msgs{} {rate}", self.size_text())
             }
-            Some(m) => format!("{} sockets × {m} msgs {rate}", si(self.size as f64)),
+            Some(m) => format!("{} sockets × {m} msgs{} {rate}", si(self.size as f64), self.size_text()),
             None => format!("{} conns/{} nodes {rate}", si(self.size as f64), self.nodes),
         }
     }
@@ -115,6 +119,14 @@ impl Record {
             _ => String::new(),
         };
         format!("{}/s, {} missing{peak}", si(self.deliveries_per_s.unwrap_or(0.0)), self.missing.unwrap_or(0))
+    }
+
+    /// ` of 4096 B` unless the messages have the default size.
+    fn size_text(&self) -> String {
+        match self.message_bytes {
+            0 | super::payload::MESSAGE_LEN => String::new(),
+            n => format!(" of {n} B"),
+        }
     }
 
     fn latency_text(&self) -> String {
@@ -139,6 +151,10 @@ impl Record {
     pub fn cells(&self) -> [String; 6] {
         [self.scenario.clone(), self.target.clone(), self.load(), self.result(), self.latency_text(), self.cpu_text()]
     }
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// `12345.6` → `12.3k`, `1234567` → `1.23M`.

@@ -2,9 +2,9 @@
 //! baseline. Each opens its own sockets in fresh workers, measures, and returns one
 //! [`Record`]; the workers (and their sockets) go away with it.
 
+use super::api::ApiPool;
 use super::payload;
 use super::pool::{MAX_PER_WORKER, Pool, Progress};
-use super::api::ApiPool;
 use super::publish::{Audience, Publisher, Route};
 use super::report::Record;
 use super::stats::{CpuProbe, Hist, Percentiles, RssSampler, now_ns, rss_sum_kib};
@@ -38,6 +38,8 @@ pub struct Target {
     pub durable: bool,
     /// Publish through the nodes' HTTP API with this key, instead of the library.
     pub api_key: Option<String>,
+    /// Bytes of each message's text.
+    pub message_len: usize,
     /// Where the workers connect.
     pub spec: TargetSpec,
     /// Raw servers' control addresses (node order); empty for our gateways.
@@ -277,6 +279,7 @@ async fn deliveries(pool: &mut Pool) -> anyhow::Result<(u64, Hist, u64)> {
 /// with `audience(seq)`; returns the wall time of the first send and the send failures.
 pub async fn publish(
     publisher: &mut Publisher,
+    len: usize,
     count: u64,
     rate: f64,
     first_seq: u64,
@@ -292,7 +295,7 @@ pub async fn publish(
             }
         }
         let seq = first_seq + i;
-        let text = payload::message(seq, now_ns());
+        let text = payload::message(seq, now_ns(), len);
         publisher.send(&audience(seq), &text, SEND_WINDOW, rate > 0.0).await;
     }
     (first_ns, publisher.finish().await)
@@ -335,7 +338,7 @@ pub async fn fanout(target: &Target, f: Fanout) -> anyhow::Result<Record> {
     }
     let mut publisher = target.publisher().await?;
     // Warm-up: one message that every socket must get before measuring.
-    publish(&mut publisher, 1, 0.0, 0, |_| audience.clone()).await;
+    publish(&mut publisher, target.message_len, 1, 0.0, 0, |_| audience.clone()).await;
     let warm = wait_deliveries(&mut pool, name, f.sockets).await?;
     if warm.received < f.sockets {
         bail!("warm-up: only {} of {} sockets got the first message", warm.received, f.sockets);
@@ -345,7 +348,8 @@ pub async fn fanout(target: &Target, f: Fanout) -> anyhow::Result<Record> {
     let before = rss_sum_kib(&target.watch);
     let sampler = RssSampler::start(target.watch.clone());
     let cpu = target.cpu_probe(&pool);
-    let (first_ns, send_errors) = publish(&mut publisher, f.messages, f.rate, 1, |_| audience.clone()).await;
+    let (first_ns, send_errors) =
+        publish(&mut publisher, target.message_len, f.messages, f.rate, 1, |_| audience.clone()).await;
     let expected = f.sockets * f.messages;
     wait_deliveries(&mut pool, name, expected).await?;
     let (received, latency, last_ns) = deliveries(&mut pool).await?;
@@ -356,6 +360,7 @@ pub async fn fanout(target: &Target, f: Fanout) -> anyhow::Result<Record> {
     record.nodes = target.spec.nodes.len();
     record.size = f.sockets;
     record.messages = Some(f.messages);
+    record.message_bytes = target.message_len;
     record.rate = f.rate;
     record.delivered = Some(received);
     record.expected = Some(expected);
@@ -417,7 +422,7 @@ pub async fn p2p(target: &Target, clients: u64, messages: u64, rate: f64) -> any
     let mut pool = opened.pool;
     let mut publisher = target.publisher().await?;
     let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
-    publish(&mut publisher, P2P_WARMUP, 0.0, 0, |_| rng.pair(clients)).await;
+    publish(&mut publisher, target.message_len, P2P_WARMUP, 0.0, 0, |_| rng.pair(clients)).await;
     let warm = wait_deliveries(&mut pool, name, P2P_WARMUP).await?;
     if warm.received < P2P_WARMUP {
         bail!("warm-up: only {} of {P2P_WARMUP} messages arrived", warm.received);
@@ -426,7 +431,8 @@ pub async fn p2p(target: &Target, clients: u64, messages: u64, rate: f64) -> any
     let _ = pool.progress().await?;
     let sampler = RssSampler::start(target.watch.clone());
     let cpu = target.cpu_probe(&pool);
-    let (first_ns, send_errors) = publish(&mut publisher, messages, rate, 1, |_| rng.pair(clients)).await;
+    let (first_ns, send_errors) =
+        publish(&mut publisher, target.message_len, messages, rate, 1, |_| rng.pair(clients)).await;
     wait_deliveries(&mut pool, name, messages).await?;
     let (received, latency, last_ns) = deliveries(&mut pool).await?;
     let cpu = cpu.stop();
@@ -436,6 +442,7 @@ pub async fn p2p(target: &Target, clients: u64, messages: u64, rate: f64) -> any
     record.nodes = target.spec.nodes.len();
     record.size = clients;
     record.messages = Some(messages);
+    record.message_bytes = target.message_len;
     record.rate = rate;
     record.delivered = Some(received);
     record.expected = Some(messages);

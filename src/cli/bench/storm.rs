@@ -11,6 +11,7 @@
 
 use super::cluster::{Nodes, Redis};
 use super::durable::ResumeCounts;
+use super::payload;
 use super::pool::Pool;
 use super::publish::Audience;
 use super::report::{self, Record};
@@ -78,6 +79,7 @@ async fn storm(args: &ResumeArgs) -> anyhow::Result<(Record, ResumeCounts)> {
         label: "freeim-durable".to_owned(),
         durable: true,
         api_key: None,
+        message_len: payload::MESSAGE_LEN,
         spec,
         controls: Vec::new(),
         watch: nodes.pids(),
@@ -97,7 +99,8 @@ async fn storm(args: &ResumeArgs) -> anyhow::Result<(Record, ResumeCounts)> {
     // The gap, logged while no node serves the room.
     let mut publisher = target.publisher().await?;
     let room = Audience::Chan(Some(BENCH_CHAN.to_owned()));
-    let (_, send_errors) = scenarios::publish(&mut publisher, args.gap, 0.0, 1, |_| room.clone()).await;
+    let (_, send_errors) =
+        scenarios::publish(&mut publisher, target.message_len, args.gap, 0.0, 1, |_| room.clone()).await;
     pool.send_all(&ToWorker::Reset)?;
     // New tokens, as the clients would fetch from the business (its Redis work is not the
     // storm's), each dial with its client's position.

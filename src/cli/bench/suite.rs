@@ -4,6 +4,7 @@
 //! medians, ratios to the raw baseline) and writes them as JSON lines and Markdown.
 
 use super::cluster::{Nodes, RawServers, Redis};
+use super::payload;
 use super::report::{self, Record, si};
 use super::scenarios::{self, DEFAULT_INFLIGHT, Fanout, Target};
 use super::worker::TargetSpec;
@@ -142,6 +143,7 @@ fn start(step: &Step) -> anyhow::Result<(Servers, Target)> {
             label: "raw".to_owned(),
             durable: false,
             api_key: None,
+            message_len: payload::MESSAGE_LEN,
             spec: TargetSpec { nodes: servers.names.clone(), redis: None, path: "/ws".to_owned(), resume: false },
             controls: servers.controls.clone(),
             watch: servers.pids(),
@@ -156,6 +158,7 @@ fn start(step: &Step) -> anyhow::Result<(Servers, Target)> {
         label: "freeim".to_owned(),
         durable: false,
         api_key: None,
+        message_len: payload::MESSAGE_LEN,
         spec: TargetSpec {
             nodes: nodes.names.clone(),
             redis: Some(redis.url.clone()),
