@@ -19,12 +19,14 @@
 
 use crate::protocol::{ClientId, MembersChange};
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
-/// Channel → members, and client → channels, for the clients this node knows.
+/// Channel → members, and client → channels, for the clients this node knows. A channel's
+/// name is allocated once, shared by its entry and by each member's set.
 #[derive(Debug, Default)]
 pub(crate) struct Rooms {
-    members: HashMap<Box<str>, HashSet<ClientId>>,
-    chans: HashMap<ClientId, HashSet<Box<str>>>,
+    members: HashMap<Arc<str>, HashSet<ClientId>>,
+    chans: HashMap<ClientId, HashSet<Arc<str>>>,
 }
 
 impl Rooms {
@@ -35,7 +37,7 @@ impl Rooms {
             MembersChange::Join(0, _) | MembersChange::Chans(0, _) => {}
             MembersChange::Join(id, chan) => {
                 if connected(id) || self.chans.contains_key(&id) {
-                    self.join(id, chan.into());
+                    self.join(id, &chan);
                 }
             }
             MembersChange::Leave(id, chan) => self.leave(id, &chan),
@@ -45,15 +47,19 @@ impl Rooms {
                     self.remove_member(chan, id);
                 }
                 for chan in list {
-                    self.join(id, chan.into());
+                    self.join(id, &chan);
                 }
             }
         }
     }
 
-    fn join(&mut self, id: ClientId, chan: Box<str>) {
-        self.members.entry(chan.clone()).or_default().insert(id);
-        self.chans.entry(id).or_default().insert(chan);
+    fn join(&mut self, id: ClientId, chan: &str) {
+        let name = match self.members.get_key_value(chan) {
+            Some((name, _)) => name.clone(),
+            None => Arc::from(chan),
+        };
+        self.members.entry(name.clone()).or_default().insert(id);
+        self.chans.entry(id).or_default().insert(name);
     }
 
     fn leave(&mut self, id: ClientId, chan: &str) {
