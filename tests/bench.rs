@@ -55,25 +55,48 @@ fn bench_resume_storm_recovers_every_socket_with_its_gap() {
     assert!(record["all_current_s"].as_f64().is_some_and(|s| s > 0.0), "{record}");
 }
 
+/// A `freeim server` node on `redis` with the API key `k1`, once healthy; and its address.
+async fn node_with_api(redis: &RedisServer) -> (FreeimProcess, String) {
+    let addr = free_addr();
+    let args = ["server", "--redis", &redis.url(), "--server", &addr, "--servers", &addr];
+    (FreeimProcess::start(&args, &[("RUST_LOG", "warn"), ("FREEIM_API_KEY", "k1")], &addr, 200).await, addr)
+}
+
+/// Runs `freeim bench p2p` against the node at `addr` with 50 clients and 500 messages, plus
+/// `flags`; its JSON record.
+fn p2p_record(redis: &RedisServer, addr: &str, flags: &[&str]) -> serde_json::Value {
+    let json = std::env::temp_dir().join(format!("freeim-bench-p2p-{}.jsonl", std::process::id()));
+    let _ = std::fs::remove_file(&json);
+    let (url, json_path) = (redis.url(), json.to_str().unwrap().to_owned());
+    let mut args = vec!["bench", "p2p", "--redis", &url, "--servers", addr, "--clients", "50", "--messages", "500"];
+    args.extend(["--json", &json_path]);
+    args.extend(flags);
+    let Finished { code, stdout, stderr } = run(&args, &[("RUST_LOG", "warn")], SMOKE_WITHIN);
+    assert_eq!(code, Some(0), "bench failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    let record = serde_json::from_str(std::fs::read_to_string(&json).unwrap().trim()).unwrap();
+    let _ = std::fs::remove_file(&json);
+    record
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_p2p_publishes_through_the_http_api() {
     let redis = RedisServer::start();
-    let addr = free_addr();
-    let server_args = ["server", "--redis", &redis.url(), "--server", &addr, "--servers", &addr];
-    let node = FreeimProcess::start(&server_args, &[("RUST_LOG", "warn"), ("FREEIM_API_KEY", "k1")], &addr, 200).await;
-    let json = std::env::temp_dir().join(format!("freeim-bench-api-{}.jsonl", std::process::id()));
-    let _ = std::fs::remove_file(&json);
-    let (url, json_path) = (redis.url(), json.to_str().unwrap().to_owned());
-    let args = ["bench", "p2p", "--redis", &url, "--servers", &addr, "--api-key", "k1"];
-    let args: Vec<&str> =
-        args.into_iter().chain(["--clients", "50", "--messages", "500", "--json", &json_path]).collect();
-    let Finished { code, stdout, stderr } = run(&args, &[("RUST_LOG", "warn")], SMOKE_WITHIN);
-    assert_eq!(code, Some(0), "bench failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
-    let record: serde_json::Value = serde_json::from_str(std::fs::read_to_string(&json).unwrap().trim()).unwrap();
-    let _ = std::fs::remove_file(&json);
+    let (node, addr) = node_with_api(&redis).await;
+    let record = p2p_record(&redis, &addr, &["--api-key", "k1"]);
     let counts = ["delivered", "missing", "send_errors"].map(|k| record[k].as_u64());
     assert_eq!((&record["target"], counts), (&serde_json::json!("freeim-api"), [Some(500), Some(0), Some(0)]));
     let api_calls = metric(&metrics(&addr).await, "freeim_api_calls_total{method=\"send\",status=\"200\"}");
     assert!(api_calls >= 500, "the sends went through the API: {api_calls}");
+    drop(node);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_p2p_counts_receipts() {
+    let redis = RedisServer::start();
+    let (node, addr) = node_with_api(&redis).await;
+    let record = p2p_record(&redis, &addr, &["--receipts"]);
+    let counts = ["delivered", "receipts", "missing"].map(|k| record[k].as_u64());
+    assert_eq!(counts, [Some(500), Some(500), Some(0)], "{record}");
+    assert!(record["receipts_per_s"].as_f64().is_some_and(|r| r > 0.0), "{record}");
     drop(node);
 }

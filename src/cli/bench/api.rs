@@ -56,8 +56,8 @@ impl ApiPool {
     /// Sends `text` to `audience`; whether the API answered 200.
     pub async fn send(&self, audience: &Audience, text: &str) -> bool {
         let (path, mut body) = match audience {
-            Audience::Direct { sender, receiver } => {
-                ("/api/send", json!({"sender": sender, "receivers": [receiver], "content": text}))
+            Audience::Direct { sender, receiver, receipt } => {
+                ("/api/send", json!({"sender": sender, "receivers": [receiver], "content": text, "receipt": receipt}))
             }
             Audience::Chan(Some(chan)) => ("/api/chan_send", json!({"chan": chan, "content": text})),
             Audience::Chan(None) => ("/api/broadcast", json!({"content": text})),

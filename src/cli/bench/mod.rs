@@ -94,6 +94,9 @@ enum Scenario {
         /// Messages per second; 0 for as fast as possible.
         #[arg(long, default_value_t = 0.0)]
         rate: f64,
+        /// Ask a receipt for every message, and count the receipts the senders' sockets get.
+        #[arg(long)]
+        receipts: bool,
     },
     /// A resume storm: durable sockets of a node that is killed reconnect to it restarted,
     /// each with a gap of messages to replay (starts its own Redis and node).
@@ -191,8 +194,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 let f = Fanout { sockets: connections, messages, rate, broadcast };
                 (scenarios::fanout(&target.target()?, f).await?, target.json)
             }
-            Scenario::P2p { target, clients, messages, rate } => {
-                (scenarios::p2p(&target.target()?, clients, messages, rate).await?, target.json)
+            Scenario::P2p { target, clients, messages, rate, receipts } => {
+                (scenarios::p2p(&target.target()?, clients, messages, rate, receipts).await?, target.json)
             }
             Scenario::All(all) => return suite::run(all).await,
             Scenario::Resume(args) => return storm::run(args).await,

@@ -21,6 +21,12 @@ pub fn stamp(frame: &[u8]) -> Option<(u64, u64)> {
     text_stamp(frame.strip_prefix(b"\"")?)
 }
 
+/// The stamp of the message a receipt frame acknowledges
+/// (`{"content":"\"SEQ TS …\"","receipt":…}`), if it is a receipt of one of ours.
+pub fn receipt_stamp(frame: &[u8]) -> Option<(u64, u64)> {
+    text_stamp(frame.strip_prefix(br#"{"content":"\""#)?)
+}
+
 /// The stamp of a message text (`SEQ TS …`, the content of a durable frame's string).
 pub fn text_stamp(text: &[u8]) -> Option<(u64, u64)> {
     let mut fields = text.split(|b| *b == b' ');
@@ -40,5 +46,11 @@ mod tests {
         let frame = freeim::protocol::to_json(text.as_str());
         assert_eq!(stamp(frame.as_bytes()), Some((42, 1_700_000_000_123_456_789)));
         assert_eq!(stamp(b"\"nope\""), None);
+        let receipt = freeim::protocol::to_json(&freeim::protocol::Receipt {
+            content: &frame,
+            receipt: freeim::protocol::RECEIPT_DELIVERED,
+        });
+        assert_eq!(receipt_stamp(receipt.as_bytes()), Some((42, 1_700_000_000_123_456_789)));
+        assert_eq!(stamp(receipt.as_bytes()), None);
     }
 }

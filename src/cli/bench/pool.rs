@@ -123,12 +123,13 @@ impl Pool {
             self.expect("progress", Duration::from_secs(10), |m| matches!(m, FromWorker::Progress { .. })).await?;
         let mut sum = Progress::default();
         for answer in answers {
-            if let FromWorker::Progress { connected, failed, received, closed, current } = answer {
+            if let FromWorker::Progress { connected, failed, received, closed, current, receipts } = answer {
                 sum.connected += connected;
                 sum.failed += failed;
                 sum.received += received;
                 sum.closed += closed;
                 sum.current += current;
+                sum.receipts += receipts;
             }
         }
         Ok(sum)
@@ -148,6 +149,8 @@ pub struct Progress {
     pub closed: u64,
     /// Durable sockets that are current.
     pub current: u64,
+    /// Receipts received.
+    pub receipts: u64,
 }
 
 impl Drop for Pool {

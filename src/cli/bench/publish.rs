@@ -31,6 +31,8 @@ pub enum Audience {
         sender: ClientId,
         /// Receiver id.
         receiver: ClientId,
+        /// Ask for a receipt (it comes back to the sender's sockets).
+        receipt: bool,
     },
 }
 
@@ -60,9 +62,11 @@ impl Route {
             (Audience::Chan(Some(chan)), true) => im.durable().send_chan_message(0, &chan, &text).await,
             (Audience::Chan(None), false) => im.send_broadcast_message(&text).await,
             (Audience::Chan(None), true) => im.durable().send_broadcast_message(&text).await,
-            (Audience::Direct { sender, receiver }, false) => im.send_message(sender, &[receiver], &text, false).await,
-            (Audience::Direct { sender, receiver }, true) => {
-                im.durable().send_message(sender, &[receiver], &text, false).await
+            (Audience::Direct { sender, receiver, receipt }, false) => {
+                im.send_message(sender, &[receiver], &text, receipt).await
+            }
+            (Audience::Direct { sender, receiver, receipt }, true) => {
+                im.durable().send_message(sender, &[receiver], &text, receipt).await
             }
         };
         sent.is_ok()

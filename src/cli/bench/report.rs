@@ -69,6 +69,15 @@ pub struct Record {
     /// Publish→receive latency.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latency: Option<Percentiles>,
+    /// Receipts received (p2p with receipts).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub receipts: Option<u64>,
+    /// Receipts per second, first publish to last receipt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub receipts_per_s: Option<f64>,
+    /// Publish→receipt latency.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub receipt_latency: Option<Percentiles>,
     /// CPU used in cores (1.0 = one core) by: the server processes, the publisher (the
     /// coordinator), the workers, Redis when known, and the busiest single worker.
     pub cpu: Vec<(String, f64)>,
@@ -118,7 +127,12 @@ impl Record {
             (Some(p), None) => format!(", RSS peak {:.1} MiB", p as f64 / 1024.0),
             _ => String::new(),
         };
-        format!("{}/s, {} missing{peak}", si(self.deliveries_per_s.unwrap_or(0.0)), self.missing.unwrap_or(0))
+        let receipts = match (self.receipts_per_s, self.receipt_latency) {
+            (Some(rate), Some(p)) => format!(", receipts {}/s (p99 {})", si(rate), ms(p.p99_ms)),
+            _ => String::new(),
+        };
+        let (rate, missing) = (si(self.deliveries_per_s.unwrap_or(0.0)), self.missing.unwrap_or(0));
+        format!("{rate}/s, {missing} missing{receipts}{peak}")
     }
 
     /// ` of 4096 B` unless the messages have the default size.

@@ -260,19 +260,37 @@ pub async fn wait_count(
 }
 
 /// Sums the workers' delivery reports: (received, latency, last receive ns).
-async fn deliveries(pool: &mut Pool) -> anyhow::Result<(u64, Hist, u64)> {
+async fn deliveries(pool: &mut Pool) -> anyhow::Result<Delivered> {
     pool.send_all(&ToWorker::Report)?;
     let reports =
         pool.expect("deliveries", Duration::from_secs(30), |m| matches!(m, FromWorker::Deliveries { .. })).await?;
-    let (mut received, mut latency, mut last) = (0, Hist::default(), 0);
+    let mut sum = Delivered::default();
     for report in reports {
-        if let FromWorker::Deliveries { received: r, latency: l, last_ns, .. } = report {
-            received += r;
-            latency.merge(&Hist::from_wire(&l));
-            last = last.max(last_ns);
+        if let FromWorker::Deliveries {
+            received, latency, last_ns, receipts, receipt_latency, last_receipt_ns, ..
+        } = report
+        {
+            sum.received += received;
+            sum.latency.merge(&Hist::from_wire(&latency));
+            sum.last_ns = sum.last_ns.max(last_ns);
+            sum.receipts += receipts;
+            sum.receipt_latency.merge(&Hist::from_wire(&receipt_latency));
+            sum.last_receipt_ns = sum.last_receipt_ns.max(last_receipt_ns);
         }
     }
-    Ok((received, latency, last))
+    Ok(sum)
+}
+
+/// The workers' delivery reports, summed.
+#[derive(Default)]
+struct Delivered {
+    received: u64,
+    latency: Hist,
+    /// The last receive (ns).
+    last_ns: u64,
+    receipts: u64,
+    receipt_latency: Hist,
+    last_receipt_ns: u64,
 }
 
 /// Sends `count` messages at `rate` per second (0: back to back), picking each audience
@@ -352,7 +370,7 @@ pub async fn fanout(target: &Target, f: Fanout) -> anyhow::Result<Record> {
         publish(&mut publisher, target.message_len, f.messages, f.rate, 1, |_| audience.clone()).await;
     let expected = f.sockets * f.messages;
     wait_deliveries(&mut pool, name, expected).await?;
-    let (received, latency, last_ns) = deliveries(&mut pool).await?;
+    let Delivered { received, latency, last_ns, .. } = deliveries(&mut pool).await?;
     let cpu = cpu.stop();
     let peak = sampler.stop();
     let secs = window(first_ns, last_ns, f.messages, f.rate);
@@ -404,16 +422,16 @@ impl XorShift {
     }
 
     /// A (sender, receiver) pair of distinct ids in `1..=n`.
-    fn pair(&mut self, n: u64) -> Audience {
+    fn pair(&mut self, n: u64, receipt: bool) -> Audience {
         let sender = 1 + self.below(n);
         let receiver = 1 + (sender - 1 + 1 + self.below(n - 1)) % n;
-        Audience::Direct { sender: sender as i64, receiver: receiver as i64 }
+        Audience::Direct { sender: sender as i64, receiver: receiver as i64, receipt }
     }
 }
 
 /// `p2p`: `clients` over the target's nodes; `messages` direct messages between random
-/// pairs at `rate` per second (0: as fast as possible).
-pub async fn p2p(target: &Target, clients: u64, messages: u64, rate: f64) -> anyhow::Result<Record> {
+/// pairs at `rate` per second (0: as fast as possible), each with a receipt when `receipts`.
+pub async fn p2p(target: &Target, clients: u64, messages: u64, rate: f64, receipts: bool) -> anyhow::Result<Record> {
     if clients < 2 {
         bail!("p2p needs at least 2 clients");
     }
@@ -422,7 +440,7 @@ pub async fn p2p(target: &Target, clients: u64, messages: u64, rate: f64) -> any
     let mut pool = opened.pool;
     let mut publisher = target.publisher().await?;
     let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
-    publish(&mut publisher, target.message_len, P2P_WARMUP, 0.0, 0, |_| rng.pair(clients)).await;
+    publish(&mut publisher, target.message_len, P2P_WARMUP, 0.0, 0, |_| rng.pair(clients, false)).await;
     let warm = wait_deliveries(&mut pool, name, P2P_WARMUP).await?;
     if warm.received < P2P_WARMUP {
         bail!("warm-up: only {} of {P2P_WARMUP} messages arrived", warm.received);
@@ -432,12 +450,16 @@ pub async fn p2p(target: &Target, clients: u64, messages: u64, rate: f64) -> any
     let sampler = RssSampler::start(target.watch.clone());
     let cpu = target.cpu_probe(&pool);
     let (first_ns, send_errors) =
-        publish(&mut publisher, target.message_len, messages, rate, 1, |_| rng.pair(clients)).await;
+        publish(&mut publisher, target.message_len, messages, rate, 1, |_| rng.pair(clients, receipts)).await;
     wait_deliveries(&mut pool, name, messages).await?;
-    let (received, latency, last_ns) = deliveries(&mut pool).await?;
+    if receipts {
+        wait_count(&mut pool, name, "receipts", messages, |p| p.receipts).await?;
+    }
+    let delivered = deliveries(&mut pool).await?;
     let cpu = cpu.stop();
     let peak = sampler.stop();
-    let secs = window(first_ns, last_ns, messages, rate);
+    let received = delivered.received;
+    let secs = window(first_ns, delivered.last_ns, messages, rate);
     let mut record = Record::new(name, &target.label);
     record.nodes = target.spec.nodes.len();
     record.size = clients;
@@ -449,7 +471,14 @@ pub async fn p2p(target: &Target, clients: u64, messages: u64, rate: f64) -> any
     record.missing = Some(messages.saturating_sub(received));
     record.send_errors = Some(send_errors);
     record.deliveries_per_s = Some(received as f64 / secs.max(1e-9));
-    record.latency = Some(Percentiles::from(&latency));
+    record.latency = Some(Percentiles::from(&delivered.latency));
+    if receipts {
+        let receipt_secs = window(first_ns, delivered.last_receipt_ns, messages, rate);
+        record.receipts = Some(delivered.receipts);
+        record.receipts_per_s = Some(delivered.receipts as f64 / receipt_secs.max(1e-9));
+        record.receipt_latency = Some(Percentiles::from(&delivered.receipt_latency));
+        record.missing = Some(messages.saturating_sub(received) + messages.saturating_sub(delivered.receipts));
+    }
     record.rss_peak_kib = Some(peak);
     record.cpu = cpu;
     record.elapsed_s = secs;

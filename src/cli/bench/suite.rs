@@ -185,7 +185,7 @@ async fn measure(step: &Step, target: &Target, smoke: bool) -> anyhow::Result<Re
         Step::Fanout { sockets, messages, rate, broadcast, .. } => {
             scenarios::fanout(target, Fanout { sockets, messages, rate, broadcast }).await
         }
-        Step::P2p { clients, messages, rate, .. } => scenarios::p2p(target, clients, messages, rate).await,
+        Step::P2p { clients, messages, rate, .. } => scenarios::p2p(target, clients, messages, rate, false).await,
     }
 }
 

@@ -127,6 +127,8 @@ pub enum FromWorker {
         closed: u64,
         /// Durable sockets that are current (see [`ResumeCounts::current`]).
         current: u64,
+        /// Receipts received since the last reset.
+        receipts: u64,
     },
     /// Deliveries since the last reset.
     Deliveries {
@@ -134,6 +136,12 @@ pub enum FromWorker {
         received: u64,
         /// Publish→receive latency (µs).
         latency: WireHist,
+        /// Receipts received.
+        receipts: u64,
+        /// Publish→receipt latency (µs).
+        receipt_latency: WireHist,
+        /// When the last receipt came (ns).
+        last_receipt_ns: u64,
         /// First and last receive time (ns).
         first_ns: u64,
         /// See `first_ns`.
@@ -163,6 +171,9 @@ struct Counters {
     latency: Hist,
     first_recv: u64,
     last_recv: u64,
+    receipts: u64,
+    receipt_latency: Hist,
+    last_receipt: u64,
     resumes: ResumeCounts,
     /// Each client's position when its last durable socket closed.
     positions: HashMap<i64, Position>,
@@ -180,6 +191,13 @@ impl Counters {
         self.last_recv = now;
     }
 
+    /// Counts a receipt of a message stamped `ts`.
+    fn receipt(&mut self, ts: u64, now: u64) {
+        self.receipts += 1;
+        self.receipt_latency.record(now.saturating_sub(ts) / 1000);
+        self.last_receipt = now;
+    }
+
     /// Forgets an earlier ramp's connects (a reconnect is measured on its own).
     fn reset_connects(&mut self) {
         (self.connected, self.failed, self.finished, self.first_start, self.last_done) = (0, 0, 0, 0, 0);
@@ -190,6 +208,8 @@ impl Counters {
     fn reset_deliveries(&mut self) {
         (self.received, self.first_recv, self.last_recv) = (0, 0, 0);
         self.latency = Hist::default();
+        (self.receipts, self.last_receipt) = (0, 0);
+        self.receipt_latency = Hist::default();
         self.resumes = ResumeCounts::default();
     }
 }
@@ -249,10 +269,14 @@ pub fn run() -> anyhow::Result<()> {
                     received: c.received,
                     closed: c.closed,
                     current: c.resumes.current,
+                    receipts: c.receipts,
                 })),
                 ToWorker::Report => answer(&counters(|c| FromWorker::Deliveries {
                     received: c.received,
                     latency: c.latency.to_wire(),
+                    receipts: c.receipts,
+                    receipt_latency: c.receipt_latency.to_wire(),
+                    last_receipt_ns: c.last_receipt,
                     first_ns: c.first_recv,
                     last_ns: c.last_recv,
                 })),
@@ -411,7 +435,10 @@ async fn receive(stream: TcpStream, leftover: Vec<u8>, mut track: Option<Track>)
     let mut closed = false;
     let mut on_event = |event: Event<'_>, now: u64, pongs: &mut Vec<Vec<u8>>, closed: &mut bool| match event {
         Event::Text(frame) => counters(|c| match &mut track {
-            None => c.deliver(payload::stamp(frame), now),
+            None => match payload::receipt_stamp(frame) {
+                Some((_, ts)) => c.receipt(ts, now),
+                None => c.deliver(payload::stamp(frame), now),
+            },
             Some(track) => {
                 let live = track.take(frame, &mut c.resumes, now);
                 c.deliver(live.and_then(|text| payload::text_stamp(text.as_bytes())), now);
