@@ -5,21 +5,16 @@
 # Needs a release build (cargo build --release) and redis-server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source benchmarks/cluster.sh
 runs=${1:-3}
 out=${2:-benchmarks/durable.jsonl}
 bin=./target/release/freeim
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-redis_port=$(port)
-node="127.0.0.1:$(port)"
-redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no >/dev/null &
-redis_pid=$!
-trap 'kill $node_pid $redis_pid 2>/dev/null || true' EXIT
-sleep 0.5
-redis="redis://127.0.0.1:$redis_port/0"
-RUST_LOG=warn "$bin" server --redis "$redis" --servers "$node" --server "$node" &
-node_pid=$!
-sleep 1
-common=(--redis "$redis" --servers "$node" --watch-pid "$node_pid" --redis-pid "$redis_pid" --json "$out")
+start_redis
+start_nodes "$bin" 1
+redis=$REDIS_URL
+redis_port=$REDIS_PORT
+node=$SERVERS
+common=(--redis "$redis" --servers "$node" "${WATCH[@]}" --redis-pid "$REDIS_PID" --json "$out")
 for run in $(seq "$runs"); do
   for durable in "" --durable; do
     echo "== run $run p2p ${durable:-non-durable}"

@@ -7,11 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 clients=${1:-1000000}
 bin=./target/release/freeim
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no >/dev/null &
-redis_pid=$!
-trap 'kill $redis_pid 2>/dev/null || true' EXIT
-sleep 0.5
+source benchmarks/cluster.sh
+start_redis
+port=$REDIS_PORT
 cli() { redis-cli -p "$port" "$@"; }
 python3 -c "
 import sys

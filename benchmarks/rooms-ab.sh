@@ -8,45 +8,21 @@
 # Needs redis-server; each binary a release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source benchmarks/cluster.sh
 old=$1
 new=$2
 runs=${3:-1}
 out=${4:-benchmarks/rooms.jsonl}
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-pids=()
-stop() {
-  kill "${pids[@]}" 2>/dev/null || true
-  wait "${pids[@]}" 2>/dev/null || true
-  pids=()
-}
-trap stop EXIT
-
 # measure ARM BIN SCENARIO FANOUT-FLAGS…: one scenario on a fresh cluster of BIN.
 measure() {
   local arm=$1 bin=$2 scenario=$3
   shift 3
-  local redis_port servers=() node_pids=()
-  redis_port=$(port)
-  redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --maxclients 20000 >/dev/null &
-  local redis_pid=$!
-  pids+=("$redis_pid")
-  sleep 0.5
-  local redis="redis://127.0.0.1:$redis_port/0"
-  for _ in 1 2 3; do servers+=("127.0.0.1:$(port)"); done
-  local list
-  list=$(IFS=,; echo "${servers[*]}")
-  for server in "${servers[@]}"; do
-    RUST_LOG=warn "$bin" server --redis "$redis" --servers "$list" --server "$server" &
-    node_pids+=($!)
-    pids+=($!)
-  done
-  sleep 1.5
-  local watch=()
-  for pid in "${node_pids[@]}"; do watch+=(--watch-pid "$pid"); done
+  start_redis --maxclients 20000
+  start_nodes "$bin" 3
   local tmp
   tmp=$(mktemp)
   echo "== $arm $scenario"
-  "$bin" bench fanout --redis "$redis" --servers "$list" "${watch[@]}" --redis-pid "$redis_pid" --json "$tmp" "$@"
+  "$bin" bench fanout --redis "$REDIS_URL" --servers "$SERVERS" "${WATCH[@]}" --redis-pid "$REDIS_PID" --json "$tmp" "$@"
   python3 - "$tmp" "$arm" "$scenario" "$out" <<'PY'
 import json, sys
 tmp, arm, scenario, out = sys.argv[1:]
@@ -57,7 +33,7 @@ with open(tmp) as f, open(out, "a") as o:
         o.write(json.dumps(r) + "\n")
 PY
   rm -f "$tmp"
-  stop
+  stop_all
 }
 
 for run in $(seq "$runs"); do

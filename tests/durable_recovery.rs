@@ -184,6 +184,19 @@ async fn exited_ok(child: &mut Child) -> bool {
     }
 }
 
+/// The text frames `ws` still reads until its connection ends (its node was killed).
+async fn texts_until_end(ws: &mut Ws) -> Vec<String> {
+    let mut texts = Vec::new();
+    loop {
+        match ws.next_or_end(WAIT).await {
+            Ok(Some(Message::Text(text))) => texts.push(text.to_string()),
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the killed node's socket did not end"),
+            Err(_) => return texts,
+        }
+    }
+}
+
 /// Lost and duplicated messages among `received`, of the `sent` numbered `0..sent`.
 fn losses(received: &[u64], sent: u64) -> (u64, u64) {
     let distinct: HashSet<u64> = received.iter().copied().filter(|n| *n < sent).collect();
@@ -206,13 +219,8 @@ async fn a_node_killed_mid_stream_loses_and_duplicates_nothing() {
     assert!(got.read_until(&mut ws, RECOVERY, |g| g.messages.len() >= KILL_AFTER).await, "the stream stalled");
     node.kill();
     // What the client's kernel already had is still read, up to the end of the connection.
-    loop {
-        match ws.next_or_end(WAIT).await {
-            Ok(Some(Message::Text(text))) => got.take(&text),
-            Ok(Some(_)) => {}
-            Ok(None) => panic!("the killed node's socket did not end"),
-            Err(_) => break,
-        }
+    for text in texts_until_end(&mut ws).await {
+        got.take(&text);
     }
     let (before_kill, position) = (got.messages.len(), got.position);
     let node = start_node(&redis, &addr, &servers).await;
@@ -548,13 +556,7 @@ async fn a_durable_client_keeps_its_channels_across_a_node_crash() {
     let fields = redis.fields(&sockets);
     assert!(fields.len() == 1 && fields[0].ends_with('d'), "a durable socket's record: {fields:?}");
     node.kill();
-    loop {
-        match ws.next_or_end(WAIT).await {
-            Ok(Some(_)) => {}
-            Ok(None) => panic!("the killed node's socket did not end"),
-            Err(_) => break,
-        }
-    }
+    texts_until_end(&mut ws).await;
     im.durable().send_chan_message(2, "room", "missed").await.unwrap();
 
     // The next run cleans the crashed run's record, but a durable client keeps its channels

@@ -43,19 +43,8 @@ fn server_config(cert: &TestCert) -> Arc<rustls::ServerConfig> {
 
 /// Connects to `ws_url` (as handed out, with the `ws://` node address) over TLS.
 async fn connect_wss(ws_url: &str, cert: &TestCert) -> Wss {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.der.clone()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let client = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
     let (addr, target) = split_url(ws_url);
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let name = ServerName::try_from("localhost").unwrap();
-    let tls = TlsConnector::from(Arc::new(client)).connect(name, tcp).await.unwrap();
-    Ws::handshake(&format!("wss://localhost{target}"), tls).await
+    Ws::handshake(&format!("wss://localhost{target}"), tls_stream(addr, cert).await).await
 }
 
 /// A certificate and a one-node cluster (in-process broker) that serves only TLS with it.

@@ -1,0 +1,41 @@
+# Sourced by the benchmark scripts: a private redis-server and gateway nodes on free ports,
+# all stopped on exit (or by `stop_all`).
+#   start_redis [redis-server flags…]  sets REDIS_PID, REDIS_PORT, REDIS_URL
+#   start_nodes BIN N                  sets SERVERS (A,B,…), NODE_PIDS, WATCH (--watch-pid …);
+#                                      the nodes get the caller's environment (FREEIM_API_KEY…)
+PIDS=()
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+stop_all() {
+  if [ ${#PIDS[@]} -gt 0 ]; then
+    kill "${PIDS[@]}" 2>/dev/null || true
+    wait "${PIDS[@]}" 2>/dev/null || true
+  fi
+  PIDS=()
+}
+trap stop_all EXIT
+
+start_redis() {
+  REDIS_PORT=$(free_port)
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no "$@" >/dev/null &
+  REDIS_PID=$!
+  PIDS+=("$REDIS_PID")
+  REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
+  sleep 0.5
+}
+
+start_nodes() {
+  local bin=$1 n=$2 names=() server
+  for _ in $(seq "$n"); do names+=("127.0.0.1:$(free_port)"); done
+  SERVERS=$(IFS=,; echo "${names[*]}")
+  NODE_PIDS=()
+  WATCH=()
+  for server in "${names[@]}"; do
+    RUST_LOG=warn "$bin" server --redis "$REDIS_URL" --servers "$SERVERS" --server "$server" &
+    NODE_PIDS+=($!)
+    PIDS+=($!)
+    WATCH+=(--watch-pid $!)
+  done
+  sleep 1.5
+}
