@@ -148,6 +148,17 @@ async fn start_node(redis: &RedisServer, addr: &str, servers: &[String]) -> Free
     FreeimProcess::start(&args, &[("RUST_LOG", "warn")], addr, 200).await
 }
 
+/// A Redis, one `freeim server` node on it (alone in its server list) and a business client
+/// of the two: the Redis, the node's address, the node and the client.
+async fn one_node() -> (RedisServer, String, FreeimProcess, ImClient) {
+    let redis = RedisServer::start();
+    let addr = free_addr();
+    let servers = vec![addr.clone()];
+    let node = start_node(&redis, &addr, &servers).await;
+    let im = ImClient::connect(&redis.url(), ImClientOptions::new(servers)).unwrap();
+    (redis, addr, node, im)
+}
+
 /// `freeim ctl send --durable --to <to> -` fed the lines `0` … `STREAM - 1` by a thread, in
 /// chunks of [`FEED_CHUNK`]; its stderr goes to `stderr`.
 fn durable_stream(redis: &RedisServer, servers: &[String], to: i64, stderr: &std::path::Path) -> Child {
@@ -206,11 +217,8 @@ fn losses(received: &[u64], sent: u64) -> (u64, u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_mid_stream_loses_and_duplicates_nothing() {
     let started = Instant::now();
-    let redis = RedisServer::start();
-    let addr = free_addr();
+    let (redis, addr, mut node, im) = one_node().await;
     let servers = vec![addr.clone()];
-    let mut node = start_node(&redis, &addr, &servers).await;
-    let im = ImClient::connect(&redis.url(), ImClientOptions::new(servers.clone())).unwrap();
     let (mut ws, hello) = connect_durable(&im, 1, "").await;
     let mut got = Received::new(&hello);
     let stderr = std::env::temp_dir().join(format!("freeim-durable-stream-{}.stderr", std::process::id()));
@@ -544,11 +552,8 @@ async fn a_restarted_node_serves_resumes_from_the_log_in_redis() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_durable_client_keeps_its_channels_across_a_node_crash() {
-    let redis = RedisServer::start();
-    let addr = free_addr();
+    let (redis, addr, mut node, im) = one_node().await;
     let servers = vec![addr.clone()];
-    let mut node = start_node(&redis, &addr, &servers).await;
-    let im = ImClient::connect(&redis.url(), ImClientOptions::new(servers.clone())).unwrap();
     let (mut ws, hello) = connect_durable(&im, 1, "").await;
     let got = Received::new(&hello);
     im.join_chan(1, &["room"]).await.unwrap();
