@@ -1,18 +1,25 @@
 # Sourced by the benchmark scripts: a private redis-server and gateway nodes on free ports,
 # all stopped on exit (or by `stop_all`).
 #   start_redis [redis-server flags…]  sets REDIS_PID, REDIS_PORT, REDIS_URL
-#   start_nodes BIN N                  sets SERVERS (A,B,…), NODE_PIDS, WATCH (--watch-pid …);
+#   start_nodes BIN N [server flags…]  sets SERVERS (A,B,…), NODE_PIDS, WATCH (--watch-pid …);
 #                                      the nodes get the caller's environment (FREEIM_API_KEY…)
 PIDS=()
+NODE_PIDS=()
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
+# Nodes first (a graceful shutdown, while their Redis still answers), then the rest.
 stop_all() {
+  if [ ${#NODE_PIDS[@]} -gt 0 ]; then
+    kill "${NODE_PIDS[@]}" 2>/dev/null || true
+    wait "${NODE_PIDS[@]}" 2>/dev/null || true
+  fi
   if [ ${#PIDS[@]} -gt 0 ]; then
     kill "${PIDS[@]}" 2>/dev/null || true
     wait "${PIDS[@]}" 2>/dev/null || true
   fi
   PIDS=()
+  NODE_PIDS=()
 }
 trap stop_all EXIT
 
@@ -27,12 +34,13 @@ start_redis() {
 
 start_nodes() {
   local bin=$1 n=$2 names=() server
+  shift 2
   for _ in $(seq "$n"); do names+=("127.0.0.1:$(free_port)"); done
   SERVERS=$(IFS=,; echo "${names[*]}")
   NODE_PIDS=()
   WATCH=()
   for server in "${names[@]}"; do
-    RUST_LOG=warn "$bin" server --redis "$REDIS_URL" --servers "$SERVERS" --server "$server" &
+    RUST_LOG=warn "$bin" server --redis "$REDIS_URL" --servers "$SERVERS" --server "$server" "$@" &
     NODE_PIDS+=($!)
     PIDS+=($!)
     WATCH+=(--watch-pid $!)

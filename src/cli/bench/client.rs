@@ -5,14 +5,18 @@
 //! messages), answers pings with a masked pong and closes with a masked close frame.
 //! An idle client is its socket and a few counters: reads go into one buffer shared by every
 //! connection of the worker thread, and only a frame split across two reads is kept, in a
-//! heap buffer that exists only until the frame is whole.
+//! heap buffer that exists only until the frame is whole. `wss://` goes through rustls's
+//! client (trusting the certificates the bench is given), read with plain async reads.
 
 use std::cell::RefCell;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 
 /// Bytes read per `read` call, into the worker thread's shared buffer.
 const READ_BUF: usize = 64 * 1024;
@@ -56,21 +60,42 @@ pub struct Dial {
     pub host: String,
     /// Path and query, e.g. `/ws?token=…`.
     pub target: String,
+    /// `wss://`: TLS with this client configuration.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// A connected socket: plain TCP or TLS over it.
+pub enum Socket {
+    /// `ws://`
+    Plain(TcpStream),
+    /// `wss://`
+    Tls(Box<TlsStream<TcpStream>>),
 }
 
 /// Connects from `source` (port chosen by the kernel) and upgrades. Returns the socket and
 /// any frame bytes that came with the answer.
-pub async fn connect(dial: &Dial, source: IpAddr, timeout: Duration) -> Result<(TcpStream, Vec<u8>), ConnectError> {
-    tokio::time::timeout(timeout, upgrade(dial, source)).await.map_err(|_| ConnectError::Timeout)?
+pub async fn connect(dial: &Dial, source: IpAddr, timeout: Duration) -> Result<(Socket, Vec<u8>), ConnectError> {
+    tokio::time::timeout(timeout, open(dial, source)).await.map_err(|_| ConnectError::Timeout)?
 }
 
-async fn upgrade(dial: &Dial, source: IpAddr) -> Result<(TcpStream, Vec<u8>), ConnectError> {
+async fn open(dial: &Dial, source: IpAddr) -> Result<(Socket, Vec<u8>), ConnectError> {
     let socket = if dial.addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     // Ports in TIME_WAIT from an earlier run must not make bind fail.
     socket.set_reuseaddr(true)?;
     socket.bind(SocketAddr::new(source, 0))?;
-    let mut stream = socket.connect(dial.addr).await?;
+    let stream = socket.connect(dial.addr).await?;
     stream.set_nodelay(true)?;
+    match &dial.tls {
+        None => upgrade(dial, stream).await.map(|(s, rest)| (Socket::Plain(s), rest)),
+        Some(config) => {
+            let name = rustls::pki_types::ServerName::IpAddress(dial.addr.ip().into());
+            let tls = TlsConnector::from(config.clone()).connect(name, stream).await?;
+            upgrade(dial, tls).await.map(|(s, rest)| (Socket::Tls(Box::new(s)), rest))
+        }
+    }
+}
+
+async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(dial: &Dial, mut stream: S) -> Result<(S, Vec<u8>), ConnectError> {
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n",
         dial.target, dial.host

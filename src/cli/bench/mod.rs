@@ -138,8 +138,12 @@ struct TargetArgs {
     durable: bool,
     /// Publish through the nodes' HTTP API with this key (`POST /api/send`, …, on
     /// keep-alive connections), as a backend in another language would.
-    #[arg(long, value_name = "KEY", env = "FREEIM_API_KEY", hide_env_values = true)]
+    #[arg(long, value_name = "KEY")]
     api_key: Option<String>,
+    /// Connect the sockets with `wss://`, trusting the PEM certificates in this file (the
+    /// nodes' own, when self-signed).
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
     /// Bytes of each message's text (its stamp, padded).
     #[arg(long, value_name = "BYTES", default_value_t = payload::MESSAGE_LEN)]
     size: usize,
@@ -167,6 +171,7 @@ impl TargetArgs {
                 redis,
                 path: self.cluster.path().to_owned(),
                 resume: false,
+                tls_ca: self.tls_ca.clone(),
             },
             controls: self.raw_control.clone(),
             watch: self.watch_pid.clone(),

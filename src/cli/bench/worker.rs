@@ -9,7 +9,7 @@
 //! resume storm) are followed frame by frame ([`super::durable`]); each client's position
 //! when its socket closes is kept for its next connection's `resume`.
 
-use super::client::{self, ConnectError, Dial, Event};
+use super::client::{self, ConnectError, Dial, Event, Socket};
 use super::durable::{Position, ResumeCounts, Track};
 use super::payload;
 use super::stats::{Hist, WireHist, now_ns};
@@ -22,7 +22,7 @@ use std::io::{BufRead, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Semaphore, mpsc};
 
 /// A WebSocket handshake (TCP connect, upgrade, token lookup) must finish within this.
@@ -35,6 +35,9 @@ const TOKEN_TTL: Duration = Duration::from_secs(600);
 const SOURCES: usize = 250;
 /// Connection errors kept verbatim for the report.
 const ERROR_SAMPLES: usize = 5;
+/// Bytes read at once from a `wss://` socket (each has its own buffer: TLS records are
+/// decrypted into it).
+const TLS_READ: usize = 16 * 1024;
 /// A durable upgrade answered 503 (the node's log is not open yet, right after a start) is
 /// tried again after this pause, this many times.
 const RETRY_PAUSE: Duration = Duration::from_millis(20);
@@ -52,6 +55,8 @@ pub struct TargetSpec {
     /// Open durable sockets: `resume=` the client's position when its last socket closed
     /// (empty the first time), each followed frame by frame.
     pub resume: bool,
+    /// Connect with `wss://`, trusting the PEM certificates in this file.
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 /// A command from the coordinator.
@@ -298,6 +303,13 @@ fn source(net: [u8; 2], i: usize) -> IpAddr {
 /// our gateway (with its `resume` for durable sockets), `?id=N` for the raw baseline.
 /// Returns the clients with their dials, and the failures.
 async fn prepare(target: &TargetSpec, first: i64, count: u64) -> (Vec<(i64, Dial)>, u64) {
+    let tls = match target.tls_ca.as_deref().map(tls_config).transpose() {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("bench worker: {e}");
+            return (Vec::new(), count);
+        }
+    };
     let ids = first..first + count as i64;
     let urls: Vec<Option<String>> = match &target.redis {
         None => ids
@@ -310,6 +322,7 @@ async fn prepare(target: &TargetSpec, first: i64, count: u64) -> (Vec<(i64, Dial
             let options = ImClientOptions {
                 path: target.path.clone(),
                 token_ttl: TOKEN_TTL,
+                scheme: if tls.is_some() { "wss" } else { "ws" }.to_owned(),
                 ..ImClientOptions::new(target.nodes.clone())
             };
             let im = match ImClient::connect(redis, options) {
@@ -335,19 +348,38 @@ async fn prepare(target: &TargetSpec, first: i64, count: u64) -> (Vec<(i64, Dial
     };
     let dials: Vec<(i64, Dial)> = (first..)
         .zip(&urls)
-        .filter_map(|(id, url)| Some((id, dial_of(&format!("{}{}", url.as_ref()?, resume(id)))?)))
+        .filter_map(|(id, url)| Some((id, dial_of(&format!("{}{}", url.as_ref()?, resume(id)), &tls)?)))
         .collect();
     let failed = count - dials.len() as u64;
     (dials, failed)
 }
 
 /// `ws://HOST:PORT/path?query` → a [`Dial`].
-fn dial_of(url: &str) -> Option<Dial> {
-    let rest = url.strip_prefix("ws://")?;
+fn dial_of(url: &str, tls: &Option<Arc<rustls::ClientConfig>>) -> Option<Dial> {
+    let (rest, tls) = match url.strip_prefix("wss://") {
+        Some(rest) => (rest, Some(tls.clone()?)),
+        None => (url.strip_prefix("ws://")?, None),
+    };
     let slash = rest.find('/')?;
     let host = &rest[..slash];
     let addr: SocketAddr = host.parse().ok()?;
-    Some(Dial { addr, host: host.to_owned(), target: rest[slash..].to_owned() })
+    Some(Dial { addr, host: host.to_owned(), target: rest[slash..].to_owned(), tls })
+}
+
+/// A TLS client that trusts the PEM certificates of `ca` (the nodes' own, self-signed).
+fn tls_config(ca: &std::path::Path) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca)? {
+        roots.add(cert?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 /// Opens every prepared socket on schedule (durable ones when `resume`), then reports.
@@ -413,7 +445,7 @@ async fn ramp(prepared: Vec<(i64, Dial, IpAddr)>, resume: bool, at_ns: u64, rate
 
 /// One connection attempt, tried again while a durable upgrade gets 503; the start of the
 /// last attempt and its result.
-async fn connect(dial: &Dial, source: IpAddr) -> (u64, Result<(TcpStream, Vec<u8>), ConnectError>) {
+async fn connect(dial: &Dial, source: IpAddr) -> (u64, Result<(Socket, Vec<u8>), ConnectError>) {
     let mut tries = 0;
     loop {
         let t0 = now_ns();
@@ -429,7 +461,7 @@ async fn connect(dial: &Dial, source: IpAddr) -> (u64, Result<(TcpStream, Vec<u8
 
 /// Reads a socket until it closes, counting stamped messages (following a durable socket
 /// with `track`) and answering pings; returns the track.
-async fn receive(stream: TcpStream, leftover: Vec<u8>, mut track: Option<Track>) -> Option<Track> {
+async fn receive(socket: Socket, leftover: Vec<u8>, mut track: Option<Track>) -> Option<Track> {
     let mut partial = Vec::new();
     let mut pongs: Vec<Vec<u8>> = Vec::new();
     let mut closed = false;
@@ -452,22 +484,49 @@ async fn receive(stream: TcpStream, leftover: Vec<u8>, mut track: Option<Track>)
         let used = client::parse_frames(&leftover, |e| on_event(e, now, &mut pongs, &mut closed)).unwrap_or(0);
         partial.extend_from_slice(&leftover[used..]);
     }
-    while !closed {
-        if stream.readable().await.is_err() {
-            break;
+    let close = client::masked_frame(0x8, &[0x03, 0xe8]);
+    match socket {
+        Socket::Plain(stream) => {
+            while !closed {
+                if stream.readable().await.is_err() {
+                    break;
+                }
+                let now = now_ns();
+                let open =
+                    client::read_available(&stream, &mut partial, |e| on_event(e, now, &mut pongs, &mut closed));
+                for pong in pongs.drain(..) {
+                    // A pong is 6 bytes; a socket that cannot take it now is not worth waiting for.
+                    let _ = stream.try_write(&pong);
+                }
+                if !matches!(open, Ok(true)) {
+                    break;
+                }
+            }
+            if closed {
+                let _ = stream.try_write(&close);
+            }
         }
-        let now = now_ns();
-        let open = client::read_available(&stream, &mut partial, |e| on_event(e, now, &mut pongs, &mut closed));
-        for pong in pongs.drain(..) {
-            // A pong is 6 bytes; a socket that cannot take it now is not worth waiting for.
-            let _ = stream.try_write(&pong);
+        Socket::Tls(mut stream) => {
+            let mut buf = vec![0; TLS_READ];
+            while !closed {
+                let n = match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                let now = now_ns();
+                partial.extend_from_slice(&buf[..n]);
+                let Ok(used) = client::parse_frames(&partial, |e| on_event(e, now, &mut pongs, &mut closed)) else {
+                    break;
+                };
+                partial.drain(..used);
+                for pong in pongs.drain(..) {
+                    let _ = stream.write_all(&pong).await;
+                }
+            }
+            if closed {
+                let _ = stream.write_all(&close).await;
+            }
         }
-        if !matches!(open, Ok(true)) {
-            break;
-        }
-    }
-    if closed {
-        let _ = stream.try_write(&client::masked_frame(0x8, &[0x03, 0xe8]));
     }
     counters(|c| c.closed += 1);
     track
