@@ -2,14 +2,14 @@
 # wss:// against ws://, alternated: a node serving TLS (a self-signed certificate made here)
 # and a plain one, each on a fresh private Redis; 10,000 sockets connecting as fast as they
 # can, then a fan-out burst of 200 channel messages to them.
-#   benchmarks/tls.sh [RUNS] [OUT.jsonl]
+#   [FREEIM_BIN=…] benchmarks/tls.sh [RUNS] [OUT.jsonl]
 # Needs a release build (cargo build --release), redis-server and openssl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source benchmarks/cluster.sh
 runs=${1:-3}
 out=${2:-benchmarks/tls.jsonl}
-bin=./target/release/freeim
+bin=${FREEIM_BIN:-./target/release/freeim}
 dir=$(mktemp -d)
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN=freeim-bench \
   -addext subjectAltName=IP:127.0.0.1 -addext basicConstraints=critical,CA:FALSE -addext extendedKeyUsage=serverAuth \
