@@ -12,16 +12,6 @@ use freeim::{ImClient, ImClientOptions};
 /// FreeIM's join script, as a .NET ImHelper sends it (it publishes nothing).
 const DOTNET_JOIN: &str = "if redis.call('HSETNX',KEYS[1],ARGV[1],0)==1 then redis.call('HSET',KEYS[2],ARGV[2],0) redis.call('HINCRBY',KEYS[3],ARGV[2],1) end return 1";
 
-/// How many times Redis has run `command` (from `INFO commandstats`).
-fn calls(redis: &RedisServer, command: &str) -> u64 {
-    let info: String = redis.cmd(&["INFO", "commandstats"]);
-    let prefix = format!("cmdstat_{command}:calls=");
-    info.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |n| n.parse().unwrap())
-}
-
 both!(a_join_or_leave_before_a_send_is_reflected_whoever_did_them, |kind| async move {
     let cluster = Cluster::start(kind, 2).await;
     // A second business process: its own connection to the broker.
@@ -67,7 +57,7 @@ async fn channel_messages_cost_redis_no_hkeys() {
         cluster.im.join_chan(id, &["room"]).await.unwrap();
         sockets.push(cluster.connect(id).await);
     }
-    let before = calls(cluster.redis(), "hkeys");
+    let before = cluster.redis().calls("hkeys");
     for n in 0..20 {
         cluster.im.send_chan_message(0, "room", &n).await.unwrap();
     }
@@ -76,7 +66,7 @@ async fn channel_messages_cost_redis_no_hkeys() {
             assert_eq!(ws.recv_text().await, n.to_string());
         }
     }
-    assert_eq!(calls(cluster.redis(), "hkeys") - before, 0, "HKEYS while dispatching channel messages");
+    assert_eq!(cluster.redis().calls("hkeys") - before, 0, "HKEYS while dispatching channel messages");
     cluster.shutdown_after(sockets).await;
 }
 
@@ -110,15 +100,15 @@ async fn with_the_cache_off_a_dotnet_join_is_delivered() {
         let cluster = Cluster::start_with(Kind::Redis, 1, |c| c.chan_cache = cache).await;
         let mut ws = cluster.connect(2).await;
         dotnet_join(cluster.redis(), 2, "room");
-        let hkeys = calls(cluster.redis(), "hkeys");
+        let hkeys = cluster.redis().calls("hkeys");
         cluster.im.send_chan_message(1, "room", "from .NET's join").await.unwrap();
         if cache {
             // Documented: with the cache on, joins must come from our scripts.
             ws.expect_silence().await;
-            assert_eq!(calls(cluster.redis(), "hkeys"), hkeys);
+            assert_eq!(cluster.redis().calls("hkeys"), hkeys);
         } else {
             assert_eq!(ws.recv_text().await, "\"from .NET's join\"");
-            assert_eq!(calls(cluster.redis(), "hkeys"), hkeys + 1, "one HKEYS for the batch");
+            assert_eq!(cluster.redis().calls("hkeys"), hkeys + 1, "one HKEYS for the batch");
         }
         cluster.shutdown_after(ws).await;
     }

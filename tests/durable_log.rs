@@ -304,3 +304,22 @@ async fn bad_data_in_redis_is_skipped_or_refused() {
     env.im.durable().send_message(1, &[2], "hi", true).await.unwrap();
     assert_eq!(env.log_a().await, entries(&[(1, DIRECT_A)]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_durable_sends_to_one_node_share_script_calls() {
+    let mut env = Env::new(Kind::Redis).await;
+    let redis = env.store.redis().unwrap();
+    let script_calls = || redis.calls("evalsha") + redis.calls("eval");
+    let before = script_calls();
+    let sends = (0..200).map(|n| {
+        let im = env.im.clone();
+        async move { im.durable().send_message(1, &[2], &n, false).await }
+    });
+    assert!(futures_util::future::join_all(sends).await.iter().all(Result::is_ok));
+    let calls = script_calls() - before;
+    assert!(calls < 100, "200 concurrent appends took {calls} script calls");
+    // Each got its own offset, 1 to 200, published once each.
+    let log = env.log_a().await;
+    assert_eq!(log.iter().map(|(o, _)| *o).collect::<Vec<_>>(), (1..=200).collect::<Vec<_>>());
+    assert_eq!(env.publishes(200).await.len(), 200);
+}

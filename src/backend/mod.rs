@@ -10,6 +10,7 @@
 //! Write-only commands whose replies FreeIM ignores are sent as a batch of [`Op`]s, which the
 //! Redis backend pipelines (one round trip) and the memory backend applies in order.
 
+mod group_commit;
 mod log;
 mod memory;
 mod pubsub;
@@ -32,7 +33,7 @@ pub use self::redis::RedisBackend;
 pub(crate) const SUBSCRIPTION_QUEUE: usize = 8192;
 
 /// A backend failure. Callers decide whether to retry; the gateway logs and goes on.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BackendError {
     /// Redis refused a command or the connection failed (it reconnects by itself).
     #[error("redis: {0}")]
@@ -53,6 +54,9 @@ pub enum BackendError {
         /// The meta hash key.
         key: String,
     },
+    /// The runtime shut down while a durable append waited for its turn.
+    #[error("shutting down: the durable append was not written")]
+    Shutdown,
 }
 
 /// The server-side Lua scripts: FreeIM's, and ours for presence and memberships.

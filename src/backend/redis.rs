@@ -7,6 +7,7 @@
 //! A command issued while Redis is down fails fast with [`BackendError::Redis`]; the
 //! connection manager reconnects in the background so the next command works again.
 
+use super::group_commit::{self, GroupCommit};
 use super::log::{self, LogEntry, LogHead, LogRead};
 use super::pubsub::{RedisSubscriber, Target};
 use super::{BackendError, FieldPage, Op, Script, Source, Subscription};
@@ -36,6 +37,8 @@ pub struct RedisBackend {
     /// out of order. Cleared on any failed command: a Redis that was restarted (the
     /// connection drops) has lost its scripts.
     append_cached: Arc<AtomicBool>,
+    /// Durable appends waiting for their log's call in flight.
+    group_commit: Arc<GroupCommit>,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -56,13 +59,28 @@ impl RedisBackend {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
-        Ok(RedisBackend { client, conn, append_cached: Arc::default() })
+        Ok(RedisBackend { client, conn, append_cached: Arc::default(), group_commit: Arc::default() })
+    }
+
+    /// Runs `ops` in order. A lone durable append (a durable send to one node) goes through
+    /// its log's group commit ([`super::group_commit`]); anything else is one pipeline now,
+    /// so the appends of a send to several nodes still reach Redis in their order.
+    pub(super) async fn execute(&self, mut ops: Vec<Op>) -> Result<(), BackendError> {
+        match ops.as_slice() {
+            [Op::LogAppend { .. }] => group_commit::append(self, ops.remove(0)).await,
+            _ => self.execute_now(ops).await,
+        }
+    }
+
+    /// The group commit of this backend's durable appends.
+    pub(super) fn group_commit(&self) -> &GroupCommit {
+        &self.group_commit
     }
 
     /// One pipeline, in order. An append that still meets `NOSCRIPT` (the scripts were
     /// flushed while believed cached) did nothing, so it is sent again, after the pipeline;
     /// any other error is returned once the rest ran, as a pipeline does.
-    pub(super) async fn execute(&self, ops: Vec<Op>) -> Result<(), BackendError> {
+    pub(super) async fn execute_now(&self, ops: Vec<Op>) -> Result<(), BackendError> {
         let replies = self.pipeline(ops.iter()).await?;
         let mut retry = Vec::new();
         let mut failed = None;

@@ -112,6 +112,16 @@ impl RedisServer {
         Ok(pairs)
     }
 
+    /// How many times Redis has run `command` (lowercase, from `INFO commandstats`).
+    pub fn calls(&self, command: &str) -> u64 {
+        let info: String = self.cmd(&["INFO", "commandstats"]);
+        let prefix = format!("cmdstat_{command}:calls=");
+        info.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse().unwrap())
+    }
+
     /// A hash's fields, sorted.
     pub fn fields(&self, key: &str) -> Vec<String> {
         let mut fields: Vec<String> = self.cmd(&["HKEYS", key]);

@@ -73,8 +73,13 @@ async fn storm(args: &ResumeArgs) -> anyhow::Result<(Record, ResumeCounts)> {
     let n = args.connections;
     let redis = Redis::start()?;
     let mut nodes = Nodes::start(1, &redis.url)?;
-    let spec =
-        TargetSpec { nodes: nodes.names.clone(), redis: Some(redis.url.clone()), path: "/ws".into(), resume: true, tls_ca: None };
+    let spec = TargetSpec {
+        nodes: nodes.names.clone(),
+        redis: Some(redis.url.clone()),
+        path: "/ws".into(),
+        resume: true,
+        tls_ca: None,
+    };
     let mut target = Target {
         label: "freeim-durable".to_owned(),
         durable: true,

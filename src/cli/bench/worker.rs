@@ -492,8 +492,7 @@ async fn receive(socket: Socket, leftover: Vec<u8>, mut track: Option<Track>) ->
                     break;
                 }
                 let now = now_ns();
-                let open =
-                    client::read_available(&stream, &mut partial, |e| on_event(e, now, &mut pongs, &mut closed));
+                let open = client::read_available(&stream, &mut partial, |e| on_event(e, now, &mut pongs, &mut closed));
                 for pong in pongs.drain(..) {
                     // A pong is 6 bytes; a socket that cannot take it now is not worth waiting for.
                     let _ = stream.try_write(&pong);
