@@ -27,6 +27,8 @@ use std::sync::Arc;
 pub(crate) struct Rooms {
     members: HashMap<Arc<str>, HashSet<ClientId>>,
     chans: HashMap<ClientId, HashSet<Arc<str>>>,
+    /// Memberships held: kept, not summed, since every change reports it.
+    count: usize,
 }
 
 impl Rooms {
@@ -43,6 +45,7 @@ impl Rooms {
             MembersChange::Leave(id, chan) => self.leave(id, &chan),
             MembersChange::Chans(id, list) => {
                 let old = self.chans.remove(&id).unwrap_or_default();
+                self.count -= old.len();
                 for chan in &old {
                     self.remove_member(chan, id);
                 }
@@ -59,12 +62,15 @@ impl Rooms {
             None => Arc::from(chan),
         };
         self.members.entry(name.clone()).or_default().insert(id);
-        self.chans.entry(id).or_default().insert(name);
+        if self.chans.entry(id).or_default().insert(name) {
+            self.count += 1;
+        }
     }
 
     fn leave(&mut self, id: ClientId, chan: &str) {
         let Some(chans) = self.chans.get_mut(&id) else { return };
         if chans.remove(chan) {
+            self.count -= 1;
             if chans.is_empty() {
                 self.chans.remove(&id);
             }
@@ -88,7 +94,7 @@ impl Rooms {
 
     /// Memberships held (for the metrics).
     pub(crate) fn len(&self) -> usize {
-        self.chans.values().map(HashSet::len).sum()
+        self.count
     }
 }
 
@@ -124,6 +130,7 @@ mod tests {
         assert_eq!(members(&rooms, "b"), [1, 3]);
         assert_eq!(members(&rooms, "c"), [3]);
         assert_eq!(rooms.len(), 4);
+        assert_eq!(rooms.len(), rooms.chans.values().map(HashSet::len).sum::<usize>());
         for chan in ["a", "b", "c"] {
             rooms.apply(Leave(3, chan.into()), connected);
         }
