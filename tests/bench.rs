@@ -100,3 +100,26 @@ async fn bench_p2p_counts_receipts() {
     assert!(record["receipts_per_s"].as_f64().is_some_and(|r| r > 0.0), "{record}");
     drop(node);
 }
+
+#[test]
+fn bench_scale_reports_each_node_and_the_memory_per_connection() {
+    let json = std::env::temp_dir().join(format!("freeim-bench-scale-{}.jsonl", std::process::id()));
+    let _ = std::fs::remove_file(&json);
+    let args =
+        ["bench", "scale", "--nodes", "2", "--connections", "300", "--hold", "1", "--json", json.to_str().unwrap()];
+    let Finished { code, stdout, stderr } = run(&args, &[("RUST_LOG", "warn")], SMOKE_WITHIN);
+    assert_eq!(code, Some(0), "bench failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    let record: serde_json::Value = serde_json::from_str(std::fs::read_to_string(&json).unwrap().trim()).unwrap();
+    let _ = std::fs::remove_file(&json);
+    assert_eq!(
+        (record["scenario"].as_str(), record["ok"].as_u64(), record["failed"].as_u64()),
+        (Some("scale"), Some(300), Some(0))
+    );
+    let per_node: Vec<u64> =
+        record["per_node"].as_array().unwrap().iter().map(|n| n["connections"].as_u64().unwrap()).collect();
+    assert_eq!(per_node, [150, 150], "{record}");
+    for part in ["workers", "kernel_slab", "mem_available", "redis"] {
+        assert!(record["memory_per_conn"][part].as_f64().is_some(), "{part}: {record}");
+    }
+    assert!(record["memory_per_conn"]["redis"].as_f64().unwrap() > 0.0, "presence costs Redis memory: {record}");
+}

@@ -144,13 +144,24 @@ impl Nodes {
 
 /// `GET /healthz` answers 200 (the node is subscribed to its channel).
 fn healthy(addr: SocketAddr) -> bool {
-    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else { return false };
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-    if stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").is_err() {
-        return false;
-    }
-    let mut answer = [0u8; 12];
-    stream.read_exact(&mut answer).is_ok() && answer.starts_with(b"HTTP/1.1 200")
+    get(addr, "/healthz").is_some_and(|answer| answer.starts_with("HTTP/1.1 200"))
+}
+
+/// The answer (head and body) to `GET path` at `addr`, read until the node closes or for
+/// half a second; `None` when it cannot be had.
+pub fn get(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).ok()?;
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    (!answer.is_empty()).then(|| String::from_utf8_lossy(&answer).into_owned())
+}
+
+/// Node `addr`'s `freeim_connections` gauge, from `/metrics`.
+pub fn node_connections(addr: SocketAddr) -> Option<u64> {
+    let metrics = get(addr, "/metrics")?;
+    metrics.lines().find_map(|l| l.strip_prefix("freeim_connections "))?.trim().parse().ok()
 }
 
 /// Raw baseline servers (`freeim bench raw-server`).

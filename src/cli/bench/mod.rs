@@ -9,11 +9,12 @@
 //! subtracts. The CPU of the generator (the publisher, every worker and the busiest one)
 //! is reported beside the server's and Redis's, so a saturated generator is visible.
 //!
-//! Files: [`scenarios`] (connect, fanout, p2p), [`storm`] (the resume storm), [`suite`]
-//! (`all`), [`worker`] and [`pool`] (the worker processes), [`client`] (the WebSocket
-//! client), [`durable`] (following durable sockets), [`publish`] (through `ImClient` or to
-//! the baseline), [`baseline`] (the raw server), [`cluster`] (child processes), [`stats`]
-//! and [`report`] (figures and tables), [`payload`] (message stamps).
+//! Files: [`scenarios`] (connect, fanout, p2p), [`storm`] (the resume storm), [`scale`] (a
+//! cluster of any size), [`suite`] (`all`), [`worker`] and [`pool`] (the worker processes),
+//! [`client`] (the WebSocket client), [`durable`] (following durable sockets), [`publish`]
+//! (through `ImClient`, the API ([`api`]) or to the baseline), [`baseline`] (the raw
+//! server), [`cluster`] (child processes), [`stats`] and [`report`] (figures and tables),
+//! [`payload`] (message stamps).
 
 mod api;
 mod baseline;
@@ -24,6 +25,7 @@ mod payload;
 mod pool;
 mod publish;
 mod report;
+mod scale;
 mod scenarios;
 mod stats;
 mod storm;
@@ -101,6 +103,9 @@ enum Scenario {
     /// A resume storm: durable sockets of a node that is killed reconnect to it restarted,
     /// each with a gap of messages to replay (starts its own Redis and node).
     Resume(storm::ResumeArgs),
+    /// Start a private Redis and N gateway nodes, open and hold C sockets, and report the
+    /// ramp, each node's share and the memory per connection (nodes, workers, kernel, Redis).
+    Scale(scale::ScaleArgs),
     /// Start a private Redis, gateway nodes and the raw baseline, and run the whole suite.
     All(suite::AllArgs),
     /// A load worker (started by the bench itself).
@@ -204,6 +209,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             }
             Scenario::All(all) => return suite::run(all).await,
             Scenario::Resume(args) => return storm::run(args).await,
+            Scenario::Scale(args) => return scale::run(args).await,
             Scenario::Worker | Scenario::RawServer(_) => unreachable!("handled above"),
         };
         report::print_table(std::slice::from_ref(&record));

@@ -48,6 +48,14 @@ pub struct Record {
     /// (loaded − idle) / sockets, in bytes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rss_per_conn_bytes: Option<f64>,
+    /// Where the memory of a held connection goes, in bytes per connection: the load
+    /// workers' RSS, the kernel's slab (both TCP ends are on this box), the drop of
+    /// `MemAvailable` (everything), and Redis's `used_memory` (presence and socket records).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_per_conn: Option<MemoryPerConn>,
+    /// Each node's share, in node order (when the nodes are this bench's own).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub per_node: Vec<NodeShare>,
     /// Peak server RSS while messages flowed (KiB).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rss_peak_kib: Option<u64>,
@@ -89,6 +97,30 @@ pub struct Record {
     /// A few connection errors.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
+}
+
+/// See [`Record::memory_per_conn`].
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct MemoryPerConn {
+    /// The load workers' RSS.
+    pub workers: f64,
+    /// The kernel's `Slab` growth.
+    pub kernel_slab: f64,
+    /// The drop of `MemAvailable`.
+    pub mem_available: f64,
+    /// Redis's `used_memory` growth.
+    pub redis: f64,
+}
+
+/// One node's sockets and memory while held.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeShare {
+    /// The node's name.
+    pub server: String,
+    /// Its `freeim_connections`.
+    pub connections: u64,
+    /// Its RSS growth per connection (bytes).
+    pub rss_per_conn_bytes: f64,
 }
 
 impl Record {

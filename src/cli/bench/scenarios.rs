@@ -3,11 +3,14 @@
 //! [`Record`]; the workers (and their sockets) go away with it.
 
 use super::api::ApiPool;
+use super::cluster::{self, Nodes, Redis};
 use super::payload;
 use super::pool::{MAX_PER_WORKER, Pool, Progress};
 use super::publish::{Audience, Publisher, Route};
-use super::report::Record;
-use super::stats::{CpuProbe, Hist, Percentiles, RssSampler, now_ns, rss_sum_kib};
+use super::report::{MemoryPerConn, NodeShare, Record};
+use super::stats::{
+    CpuProbe, Hist, Percentiles, RssSampler, meminfo_kib, now_ns, redis_used_memory, rss_kib, rss_sum_kib,
+};
 use super::worker::{FromWorker, TargetSpec, ToWorker};
 use anyhow::bail;
 use freeim::{ImClient, ImClientOptions};
@@ -53,6 +56,27 @@ pub struct Target {
 }
 
 impl Target {
+    /// Our gateway `nodes` on `redis`, started by this bench (their RSS and CPU watched).
+    pub fn ours(nodes: &Nodes, redis: &Redis) -> Target {
+        Target {
+            label: "freeim".to_owned(),
+            durable: false,
+            api_key: None,
+            message_len: payload::MESSAGE_LEN,
+            spec: TargetSpec {
+                nodes: nodes.names.clone(),
+                redis: Some(redis.url.clone()),
+                path: "/ws".to_owned(),
+                resume: false,
+                tls_ca: None,
+            },
+            controls: Vec::new(),
+            watch: nodes.pids(),
+            redis_pid: Some(redis.proc.pid()),
+            min_workers: 1,
+        }
+    }
+
     fn is_raw(&self) -> bool {
         self.spec.redis.is_none()
     }
@@ -203,10 +227,15 @@ pub async fn connect_prepared(
 /// `connect`: opens `n` sockets at `rate` and holds them `hold`; connects/s, handshake
 /// latency, failures, and the servers' RSS per connection (idle RSS subtracted).
 pub async fn connect(target: &Target, n: u64, rate: f64, inflight: usize, hold: Duration) -> anyhow::Result<Record> {
-    let idle = rss_sum_kib(&target.watch);
+    let idle_each: Vec<u64> = target.watch.iter().map(|pid| rss_kib(*pid).unwrap_or(0)).collect();
+    let idle = idle_each.iter().sum();
+    let machine = Machine::now(target).await;
     let mut opened = open(target, "connect", n, rate, inflight).await?;
     tokio::time::sleep(hold).await;
-    let loaded = rss_sum_kib(&target.watch);
+    let loaded_each: Vec<u64> = target.watch.iter().map(|pid| rss_kib(*pid).unwrap_or(0)).collect();
+    let loaded = loaded_each.iter().sum();
+    let held = Machine::now(target).await;
+    let workers_kib = rss_sum_kib(&opened.pool.pids());
     let progress = opened.pool.progress().await?;
     let secs = (opened.last_ns.saturating_sub(opened.first_ns)) as f64 / 1e9;
     let mut record = Record::new("connect", &target.label);
@@ -218,11 +247,47 @@ pub async fn connect(target: &Target, n: u64, rate: f64, inflight: usize, hold: 
     record.rss_idle_kib = Some(idle);
     record.rss_loaded_kib = Some(loaded);
     if opened.ok > 0 {
-        record.rss_per_conn_bytes = Some(loaded.saturating_sub(idle) as f64 * 1024.0 / opened.ok as f64);
+        let per = |bytes: f64| bytes / opened.ok as f64;
+        record.rss_per_conn_bytes = Some(per(loaded.saturating_sub(idle) as f64 * 1024.0));
+        record.memory_per_conn = Some(MemoryPerConn {
+            workers: per(workers_kib as f64 * 1024.0),
+            kernel_slab: per(held.slab_kib.saturating_sub(machine.slab_kib) as f64 * 1024.0),
+            mem_available: per(machine.available_kib.saturating_sub(held.available_kib) as f64 * 1024.0),
+            redis: per(held.redis_bytes.saturating_sub(machine.redis_bytes) as f64),
+        });
+    }
+    // Each node's share, when the watched processes are the nodes, in order.
+    if target.watch.len() == target.spec.nodes.len() {
+        for ((server, idle), loaded) in target.spec.nodes.iter().zip(idle_each).zip(loaded_each) {
+            let connections = server.parse().ok().and_then(cluster::node_connections).unwrap_or(0);
+            let rss = loaded.saturating_sub(idle) as f64 * 1024.0 / connections.max(1) as f64;
+            record.per_node.push(NodeShare { server: server.clone(), connections, rss_per_conn_bytes: rss });
+        }
     }
     record.cpu = opened.cpu;
     record.elapsed_s = secs;
     Ok(record)
+}
+
+/// The machine's memory figures that a held connection moves.
+struct Machine {
+    slab_kib: u64,
+    available_kib: u64,
+    redis_bytes: u64,
+}
+
+impl Machine {
+    async fn now(target: &Target) -> Machine {
+        let redis_bytes = match &target.spec.redis {
+            Some(url) => redis_used_memory(url).await.unwrap_or(0),
+            None => 0,
+        };
+        Machine {
+            slab_kib: meminfo_kib("Slab").unwrap_or(0),
+            available_kib: meminfo_kib("MemAvailable").unwrap_or(0),
+            redis_bytes,
+        }
+    }
 }
 
 /// Waits until `expected` messages were received (or nothing arrives for [`STALL`]).

@@ -150,6 +150,21 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// A field of `/proc/meminfo` (`Slab`, `MemAvailable`, …), in KiB.
+pub fn meminfo_kib(field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.split(':').next() == Some(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Redis's `used_memory` (bytes) at `url`, from `INFO memory`.
+pub async fn redis_used_memory(url: &str) -> Option<u64> {
+    let client = redis::Client::open(url).ok()?;
+    let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+    let info: String = redis::cmd("INFO").arg("memory").query_async(&mut conn).await.ok()?;
+    info.lines().find_map(|l| l.strip_prefix("used_memory:"))?.trim().parse().ok()
+}
+
 /// Sum of `VmRSS` over `pids`, in KiB (missing processes count 0).
 pub fn rss_sum_kib(pids: &[u32]) -> u64 {
     pids.iter().filter_map(|p| rss_kib(*p)).sum()

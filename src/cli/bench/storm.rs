@@ -11,13 +11,12 @@
 
 use super::cluster::{Nodes, Redis};
 use super::durable::ResumeCounts;
-use super::payload;
 use super::pool::Pool;
 use super::publish::Audience;
 use super::report::{self, Record};
 use super::scenarios::{self, BENCH_CHAN, DEFAULT_INFLIGHT, Target};
 use super::stats::{cpu_secs, now_ns};
-use super::worker::{FromWorker, TargetSpec, ToWorker};
+use super::worker::{FromWorker, ToWorker};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -73,24 +72,9 @@ async fn storm(args: &ResumeArgs) -> anyhow::Result<(Record, ResumeCounts)> {
     let n = args.connections;
     let redis = Redis::start()?;
     let mut nodes = Nodes::start(1, &redis.url)?;
-    let spec = TargetSpec {
-        nodes: nodes.names.clone(),
-        redis: Some(redis.url.clone()),
-        path: "/ws".into(),
-        resume: true,
-        tls_ca: None,
-    };
-    let mut target = Target {
-        label: "freeim-durable".to_owned(),
-        durable: true,
-        api_key: None,
-        message_len: payload::MESSAGE_LEN,
-        spec,
-        controls: Vec::new(),
-        watch: nodes.pids(),
-        redis_pid: Some(redis.proc.pid()),
-        min_workers: 2,
-    };
+    let mut target = Target::ours(&nodes, &redis);
+    target.label = "freeim-durable".to_owned();
+    (target.durable, target.spec.resume, target.min_workers) = (true, true, 2);
     let opened = scenarios::open(&target, NAME, n, 0.0, DEFAULT_INFLIGHT).await?;
     let mut pool = opened.pool;
     scenarios::join_all(&target.im()?, n).await?;

@@ -160,23 +160,7 @@ fn start(step: &Step) -> anyhow::Result<(Servers, Target)> {
     }
     let redis = Redis::start()?;
     let nodes = Nodes::start(k, &redis.url)?;
-    let target = Target {
-        label: "freeim".to_owned(),
-        durable: false,
-        api_key: None,
-        message_len: payload::MESSAGE_LEN,
-        spec: TargetSpec {
-            nodes: nodes.names.clone(),
-            redis: Some(redis.url.clone()),
-            path: "/ws".to_owned(),
-            resume: false,
-            tls_ca: None,
-        },
-        controls: Vec::new(),
-        watch: nodes.pids(),
-        redis_pid: Some(redis.proc.pid()),
-        min_workers: 1,
-    };
+    let target = Target::ours(&nodes, &redis);
     Ok((Servers::Ours { _redis: redis, _nodes: nodes }, target))
 }
 
