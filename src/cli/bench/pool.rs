@@ -17,6 +17,11 @@ use tokio::sync::mpsc;
 /// for Redis, pipes and the runtime).
 pub const MAX_PER_WORKER: u64 = 15_000;
 
+/// How long a worker may take to answer a progress poll. A worker answers between its
+/// sockets' work, on the same thread; with a million sockets ramping on this box (120
+/// processes on 2 cores), 10 s was not enough.
+const PROGRESS_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Running workers. Dropping the pool kills them.
 pub struct Pool {
     children: Vec<Child>,
@@ -120,7 +125,7 @@ impl Pool {
     pub async fn progress(&mut self) -> anyhow::Result<Progress> {
         self.send_all(&ToWorker::Poll)?;
         let answers =
-            self.expect("progress", Duration::from_secs(10), |m| matches!(m, FromWorker::Progress { .. })).await?;
+            self.expect("progress", PROGRESS_TIMEOUT, |m| matches!(m, FromWorker::Progress { .. })).await?;
         let mut sum = Progress::default();
         for answer in answers {
             if let FromWorker::Progress { connected, failed, received, closed, current, receipts } = answer {
