@@ -124,8 +124,7 @@ impl Pool {
     /// Polls every worker's counters.
     pub async fn progress(&mut self) -> anyhow::Result<Progress> {
         self.send_all(&ToWorker::Poll)?;
-        let answers =
-            self.expect("progress", PROGRESS_TIMEOUT, |m| matches!(m, FromWorker::Progress { .. })).await?;
+        let answers = self.expect("progress", PROGRESS_TIMEOUT, |m| matches!(m, FromWorker::Progress { .. })).await?;
         let mut sum = Progress::default();
         for answer in answers {
             if let FromWorker::Progress { connected, failed, received, closed, current, receipts } = answer {
