@@ -9,7 +9,8 @@ say() { printf '\n==> %s\n' "$*"; }
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
-python3 -m venv --help >/dev/null 2>&1 || missing+=(python3 python3-venv)
+# Debian's python3 has the venv module but not ensurepip, without which a venv has no pip.
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3 python3-venv)
 if [ -d e2e ]; then
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
   command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
