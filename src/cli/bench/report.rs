@@ -89,6 +89,11 @@ pub struct Record {
     /// CPU used in cores (1.0 = one core) by: the server processes, the publisher (the
     /// coordinator), the workers, Redis when known, and the busiest single worker.
     pub cpu: Vec<(String, f64)>,
+    /// Microseconds Redis spent executing commands per message published (`INFO
+    /// commandstats`, all commands, over the publish window): the command work, without
+    /// the event loop's socket writes and idle ticks that the `redis` CPU figure includes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_command_us: Option<f64>,
     /// Resume storm: seconds from the first reconnect until every socket was current.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub all_current_s: Option<f64>,

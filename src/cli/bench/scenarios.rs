@@ -9,7 +9,8 @@ use super::pool::{MAX_PER_WORKER, Pool, Progress};
 use super::publish::{Audience, Publisher, Route};
 use super::report::{MemoryPerConn, NodeShare, Record};
 use super::stats::{
-    CpuProbe, Hist, Percentiles, RssSampler, meminfo_kib, now_ns, redis_used_memory, rss_kib, rss_sum_kib,
+    CpuProbe, Hist, Percentiles, RssSampler, meminfo_kib, now_ns, redis_command_usec, redis_used_memory, rss_kib,
+    rss_sum_kib,
 };
 use super::worker::{FromWorker, TargetSpec, ToWorker};
 use anyhow::bail;
@@ -430,6 +431,11 @@ pub async fn fanout(target: &Target, f: Fanout) -> anyhow::Result<Record> {
     let _ = pool.progress().await?; // the reset is done once the poll after it is answered
     let before = rss_sum_kib(&target.watch);
     let sampler = RssSampler::start(target.watch.clone());
+    let redis_url = target.spec.redis.as_deref();
+    let commands_before = match redis_url {
+        Some(url) => redis_command_usec(url).await,
+        None => None,
+    };
     let cpu = target.cpu_probe(&pool);
     let (first_ns, send_errors) =
         publish(&mut publisher, target.message_len, f.messages, f.rate, 1, |_| audience.clone()).await;
@@ -437,6 +443,10 @@ pub async fn fanout(target: &Target, f: Fanout) -> anyhow::Result<Record> {
     wait_deliveries(&mut pool, name, expected).await?;
     let Delivered { received, latency, last_ns, .. } = deliveries(&mut pool).await?;
     let cpu = cpu.stop();
+    let commands_after = match redis_url {
+        Some(url) => redis_command_usec(url).await,
+        None => None,
+    };
     let peak = sampler.stop();
     let secs = window(first_ns, last_ns, f.messages, f.rate);
     let mut record = Record::new(name, &target.label);
@@ -454,6 +464,8 @@ pub async fn fanout(target: &Target, f: Fanout) -> anyhow::Result<Record> {
     record.rss_loaded_kib = Some(before);
     record.rss_peak_kib = Some(peak);
     record.cpu = cpu;
+    record.redis_command_us =
+        commands_before.zip(commands_after).map(|(b, a)| a.saturating_sub(b) as f64 / f.messages.max(1) as f64);
     record.elapsed_s = secs;
     Ok(record)
 }

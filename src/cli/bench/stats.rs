@@ -165,6 +165,20 @@ pub async fn redis_used_memory(url: &str) -> Option<u64> {
     info.lines().find_map(|l| l.strip_prefix("used_memory:"))?.trim().parse().ok()
 }
 
+/// Microseconds Redis at `url` has spent executing commands since it started: the sum of
+/// `usec=` over `INFO commandstats`.
+pub async fn redis_command_usec(url: &str) -> Option<u64> {
+    let client = redis::Client::open(url).ok()?;
+    let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+    let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut conn).await.ok()?;
+    Some(
+        info.lines()
+            .filter_map(|l| l.split(',').find_map(|f| f.strip_prefix("usec=")))
+            .filter_map(|v| v.parse::<u64>().ok())
+            .sum(),
+    )
+}
+
 /// Sum of `VmRSS` over `pids`, in KiB (missing processes count 0).
 pub fn rss_sum_kib(pids: &[u32]) -> u64 {
     pids.iter().filter_map(|p| rss_kib(*p)).sum()
