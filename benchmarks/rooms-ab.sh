@@ -48,6 +48,7 @@ for run in $(seq "$runs"); do
     measure "$arm" "$bin" room-10k-burst --connections 10000 --messages 1000 --workers 2
     measure "$arm" "$bin" room-1k-burst --connections 1000 --messages 5000
     measure "$arm" "$bin" room-100-burst --connections 100 --messages 5000
+    measure "$arm" "$bin" room-100-100/s --connections 100 --messages 500 --rate 100
   done
 done
 

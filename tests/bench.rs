@@ -9,6 +9,9 @@ use std::time::Duration;
 
 /// How long the smoke suite may take.
 const SMOKE_WITHIN: Duration = Duration::from_secs(60);
+/// `bench scale` also waits for a killed node's lease to expire (up to 20 s) before a
+/// survivor cleans up.
+const LIFE_WITHIN: Duration = Duration::from_secs(150);
 
 #[test]
 fn bench_smoke_suite_completes_with_nothing_missing() {
@@ -102,19 +105,34 @@ async fn bench_p2p_counts_receipts() {
 }
 
 #[test]
-fn bench_scale_reports_each_node_and_the_memory_per_connection() {
+fn bench_scale_reports_each_node_the_memory_and_a_whole_life_of_the_cluster() {
     let json = std::env::temp_dir().join(format!("freeim-bench-scale-{}.jsonl", std::process::id()));
     let _ = std::fs::remove_file(&json);
-    let args =
-        ["bench", "scale", "--nodes", "2", "--connections", "300", "--hold", "1", "--json", json.to_str().unwrap()];
-    let Finished { code, stdout, stderr } = run(&args, &[("RUST_LOG", "warn")], SMOKE_WITHIN);
+    let args = [
+        "bench",
+        "scale",
+        "--nodes",
+        "2",
+        "--connections",
+        "300",
+        "--hold",
+        "1",
+        "--sample-every",
+        "1",
+        "--room",
+        "100",
+        "--json",
+        json.to_str().unwrap(),
+    ];
+    let Finished { code, stdout, stderr } = run(&args, &[("RUST_LOG", "warn")], LIFE_WITHIN);
     assert_eq!(code, Some(0), "bench failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
-    let record: serde_json::Value = serde_json::from_str(std::fs::read_to_string(&json).unwrap().trim()).unwrap();
+    let records: Vec<serde_json::Value> =
+        std::fs::read_to_string(&json).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let _ = std::fs::remove_file(&json);
-    assert_eq!(
-        (record["scenario"].as_str(), record["ok"].as_u64(), record["failed"].as_u64()),
-        (Some("scale"), Some(300), Some(0))
-    );
+    let scenarios: Vec<&str> = records.iter().map(|r| r["scenario"].as_str().unwrap()).collect();
+    assert_eq!(scenarios, ["scale", "scale-broadcast", "scale-room", "scale-life"]);
+    let record = &records[0];
+    assert_eq!((record["ok"].as_u64(), record["failed"].as_u64()), (Some(300), Some(0)));
     let per_node: Vec<u64> =
         record["per_node"].as_array().unwrap().iter().map(|n| n["connections"].as_u64().unwrap()).collect();
     assert_eq!(per_node, [150, 150], "{record}");
@@ -122,4 +140,20 @@ fn bench_scale_reports_each_node_and_the_memory_per_connection() {
         assert!(record["memory_per_conn"][part].as_f64().is_some(), "{part}: {record}");
     }
     assert!(record["memory_per_conn"]["redis"].as_f64().unwrap() > 0.0, "presence costs Redis memory: {record}");
+    // Three broadcasts to all 300, three messages to the room of 100 (clients 1..=100).
+    let delivered = |r: &serde_json::Value| (r["delivered"].as_u64(), r["missing"].as_u64());
+    assert_eq!(delivered(&records[1]), (Some(900), Some(0)), "{}", records[1]);
+    assert_eq!(delivered(&records[2]), (Some(300), Some(0)), "{}", records[2]);
+    let life = &records[3];
+    let last = life["hold"].as_array().unwrap().last().unwrap();
+    assert_eq!((last["open"].as_u64(), last["closed"].as_u64()), (Some(300), Some(0)), "{life}");
+    assert_eq!((life["online"].as_u64(), life["socket_records"].as_u64()), (Some(300), Some(300)), "{life}");
+    // The second node is killed; a survivor cleans its 150 sockets once, one offline event each.
+    let crash = &life["crash"];
+    let counts = ["sockets", "online_counted_down", "offline_events"].map(|k| crash[k].as_u64());
+    assert_eq!(counts, [Some(150); 3], "{life}");
+    assert!(crash["cleaned_s"].as_f64().is_some(), "{life}");
+    let drain = &life["drain"];
+    let left = ["nodes", "failed_exits", "online", "socket_records"].map(|k| drain[k].as_u64());
+    assert_eq!(left, [Some(1), Some(0), Some(0), Some(0)], "{life}");
 }

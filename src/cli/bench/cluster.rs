@@ -33,6 +33,21 @@ impl Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Sends SIGTERM (the graceful stop) and returns at once.
+    pub fn terminate(&self) {
+        // SAFETY: kill(2) with a valid signal number touches no memory of this process.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+    }
+
+    /// `None` while it runs; once it has exited (reaped), whether it exited with success.
+    pub fn exit_status(&mut self) -> Option<bool> {
+        match self.child.try_wait() {
+            Ok(None) => None,
+            Ok(Some(status)) => Some(status.success()),
+            Err(_) => Some(false),
+        }
+    }
 }
 
 impl Drop for Proc {

@@ -198,7 +198,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         let (record, json) = match args.scenario {
             Scenario::Connect { target, connections, rate, inflight, hold } => {
                 let hold = Duration::from_secs(hold);
-                (scenarios::connect(&target.target()?, connections, rate, inflight, hold).await?, target.json)
+                (scenarios::connect(&target.target()?, connections, rate, inflight, hold).await?.0, target.json)
             }
             Scenario::Fanout { target, connections, messages, rate, broadcast } => {
                 let f = Fanout { sockets: connections, messages, rate, broadcast };

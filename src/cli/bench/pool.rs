@@ -127,13 +127,14 @@ impl Pool {
         let answers = self.expect("progress", PROGRESS_TIMEOUT, |m| matches!(m, FromWorker::Progress { .. })).await?;
         let mut sum = Progress::default();
         for answer in answers {
-            if let FromWorker::Progress { connected, failed, received, closed, current, receipts } = answer {
+            if let FromWorker::Progress { connected, failed, received, closed, current, receipts, pongs } = answer {
                 sum.connected += connected;
                 sum.failed += failed;
                 sum.received += received;
                 sum.closed += closed;
                 sum.current += current;
                 sum.receipts += receipts;
+                sum.pongs += pongs;
             }
         }
         Ok(sum)
@@ -155,6 +156,8 @@ pub struct Progress {
     pub current: u64,
     /// Receipts received.
     pub receipts: u64,
+    /// Pings answered.
+    pub pongs: u64,
 }
 
 impl Drop for Pool {

@@ -246,7 +246,7 @@ pub fn print_table(records: &[Record]) {
 }
 
 /// Appends `records` to `path` as JSON lines.
-pub fn append_json(path: &Path, records: &[Record]) -> anyhow::Result<()> {
+pub fn append_json<T: Serialize>(path: &Path, records: &[T]) -> anyhow::Result<()> {
     let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
     for record in records {
         writeln!(file, "{}", serde_json::to_string(record)?)?;

@@ -226,8 +226,15 @@ pub async fn connect_prepared(
 }
 
 /// `connect`: opens `n` sockets at `rate` and holds them `hold`; connects/s, handshake
-/// latency, failures, and the servers' RSS per connection (idle RSS subtracted).
-pub async fn connect(target: &Target, n: u64, rate: f64, inflight: usize, hold: Duration) -> anyhow::Result<Record> {
+/// latency, failures, and the servers' RSS per connection (idle RSS subtracted). The
+/// sockets stay open in the pool returned.
+pub async fn connect(
+    target: &Target,
+    n: u64,
+    rate: f64,
+    inflight: usize,
+    hold: Duration,
+) -> anyhow::Result<(Record, Pool)> {
     let idle_each: Vec<u64> = target.watch.iter().map(|pid| rss_kib(*pid).unwrap_or(0)).collect();
     let idle = idle_each.iter().sum();
     let machine = Machine::now(target).await;
@@ -267,7 +274,7 @@ pub async fn connect(target: &Target, n: u64, rate: f64, inflight: usize, hold: 
     }
     record.cpu = opened.cpu;
     record.elapsed_s = secs;
-    Ok(record)
+    Ok((record, opened.pool))
 }
 
 /// The machine's memory figures that a held connection moves.
@@ -408,27 +415,41 @@ pub struct Fanout {
 
 /// `fanout`: `sockets` in one channel (or all, for a broadcast) get `messages`.
 pub async fn fanout(target: &Target, f: Fanout) -> anyhow::Result<Record> {
-    let name = match (f.rate > 0.0, f.broadcast) {
-        (false, false) => "fanout-burst",
-        (false, true) => "broadcast-burst",
-        (true, false) => "fanout-paced",
-        (true, true) => "broadcast-paced",
-    };
-    let opened = open(target, name, f.sockets, 0.0, DEFAULT_INFLIGHT).await?;
+    let opened = open(target, f.name(), f.sockets, 0.0, DEFAULT_INFLIGHT).await?;
     let mut pool = opened.pool;
-    let audience = Audience::Chan((!f.broadcast).then(|| BENCH_CHAN.to_owned()));
     if !f.broadcast && !target.is_raw() {
         join_all(&target.im()?, f.sockets).await?;
     }
+    deliver(target, &mut pool, f).await
+}
+
+impl Fanout {
+    fn name(&self) -> &'static str {
+        match (self.rate > 0.0, self.broadcast) {
+            (false, false) => "fanout-burst",
+            (false, true) => "broadcast-burst",
+            (true, false) => "fanout-paced",
+            (true, true) => "broadcast-paced",
+        }
+    }
+}
+
+/// Publishes `f.messages` to [`BENCH_CHAN`] (or to all, for a broadcast) and measures their
+/// delivery to the `f.sockets` sockets of `pool` that should get each, after one warm-up
+/// message that every one of them must get.
+pub async fn deliver(target: &Target, pool: &mut Pool, f: Fanout) -> anyhow::Result<Record> {
+    let name = f.name();
+    let audience = Audience::Chan((!f.broadcast).then(|| BENCH_CHAN.to_owned()));
     let mut publisher = target.publisher().await?;
-    // Warm-up: one message that every socket must get before measuring.
+    pool.send_all(&ToWorker::Reset)?;
+    let _ = pool.progress().await?; // the reset is done once the poll after it is answered
     publish(&mut publisher, target.message_len, 1, 0.0, 0, |_| audience.clone()).await;
-    let warm = wait_deliveries(&mut pool, name, f.sockets).await?;
+    let warm = wait_deliveries(pool, name, f.sockets).await?;
     if warm.received < f.sockets {
         bail!("warm-up: only {} of {} sockets got the first message", warm.received, f.sockets);
     }
     pool.send_all(&ToWorker::Reset)?;
-    let _ = pool.progress().await?; // the reset is done once the poll after it is answered
+    let _ = pool.progress().await?;
     let before = rss_sum_kib(&target.watch);
     let sampler = RssSampler::start(target.watch.clone());
     let redis_url = target.spec.redis.as_deref();
@@ -436,12 +457,12 @@ pub async fn fanout(target: &Target, f: Fanout) -> anyhow::Result<Record> {
         Some(url) => redis_command_usec(url).await,
         None => None,
     };
-    let cpu = target.cpu_probe(&pool);
+    let cpu = target.cpu_probe(pool);
     let (first_ns, send_errors) =
         publish(&mut publisher, target.message_len, f.messages, f.rate, 1, |_| audience.clone()).await;
     let expected = f.sockets * f.messages;
-    wait_deliveries(&mut pool, name, expected).await?;
-    let Delivered { received, latency, last_ns, .. } = deliveries(&mut pool).await?;
+    wait_deliveries(pool, name, expected).await?;
+    let Delivered { received, latency, last_ns, .. } = deliveries(pool).await?;
     let cpu = cpu.stop();
     let commands_after = match redis_url {
         Some(url) => redis_command_usec(url).await,

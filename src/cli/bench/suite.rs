@@ -169,7 +169,7 @@ async fn measure(step: &Step, target: &Target, smoke: bool) -> anyhow::Result<Re
         Step::Connect { conns, rate, .. } => {
             // Held long enough for the allocator to settle before RSS is read.
             let hold = if smoke { Duration::from_millis(300) } else { Duration::from_secs(3) };
-            let mut record = scenarios::connect(target, conns, rate, DEFAULT_INFLIGHT, hold).await?;
+            let (mut record, _) = scenarios::connect(target, conns, rate, DEFAULT_INFLIGHT, hold).await?;
             record.scenario = step.name().to_owned();
             Ok(record)
         }

@@ -134,6 +134,8 @@ pub enum FromWorker {
         current: u64,
         /// Receipts received since the last reset.
         receipts: u64,
+        /// Pings answered with a pong so far.
+        pongs: u64,
     },
     /// Deliveries since the last reset.
     Deliveries {
@@ -180,6 +182,7 @@ struct Counters {
     receipt_latency: Hist,
     last_receipt: u64,
     resumes: ResumeCounts,
+    pongs: u64,
     /// Each client's position when its last durable socket closed.
     positions: HashMap<i64, Position>,
 }
@@ -275,6 +278,7 @@ pub fn run() -> anyhow::Result<()> {
                     closed: c.closed,
                     current: c.resumes.current,
                     receipts: c.receipts,
+                    pongs: c.pongs,
                 })),
                 ToWorker::Report => answer(&counters(|c| FromWorker::Deliveries {
                     received: c.received,
@@ -476,7 +480,10 @@ async fn receive(socket: Socket, leftover: Vec<u8>, mut track: Option<Track>) ->
                 c.deliver(live.and_then(|text| payload::text_stamp(text.as_bytes())), now);
             }
         }),
-        Event::Ping(payload) => pongs.push(client::masked_frame(0xA, payload)),
+        Event::Ping(payload) => {
+            counters(|c| c.pongs += 1);
+            pongs.push(client::masked_frame(0xA, payload));
+        }
         Event::Close => *closed = true,
     };
     if !leftover.is_empty() {
