@@ -17,6 +17,23 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// A child process of the bench: `program` run so that it dies with the bench, even when
+/// the bench itself is killed or interrupted (`PR_SET_PDEATHSIG`), so no node, worker or
+/// Redis outlives a run.
+pub fn child(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new(program);
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl(2),
+    // which is async-signal-safe and touches no memory.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    command
+}
+
 /// A child process killed on drop.
 pub struct Proc {
     child: Child,
@@ -97,7 +114,7 @@ impl Redis {
     /// Starts `redis-server` on a free port.
     pub fn start() -> anyhow::Result<Redis> {
         let port = free_port()?;
-        let mut child = Command::new("redis-server")
+        let mut child = child("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(["--maxclients", "10000"])
             .stdout(log_file(&format!("redis-{port}.log")))
@@ -139,7 +156,7 @@ impl Nodes {
 
     fn spawn(&self, i: usize) -> anyhow::Result<Proc> {
         let name = &self.names[i];
-        let mut child = Command::new(std::env::current_exe()?)
+        let mut child = child(std::env::current_exe()?)
             .args(["server", "--redis", &self.redis, "--server", name, "--servers", &self.names.join(",")])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -198,7 +215,7 @@ impl RawServers {
             let (ws, control) = (free_port()?, free_port()?);
             let name = format!("127.0.0.1:{ws}");
             let control: SocketAddr = format!("127.0.0.1:{control}").parse()?;
-            let mut child = Command::new(&exe)
+            let mut child = child(&exe)
                 .args(["bench", "raw-server", "--listen", &name, "--control", &control.to_string()])
                 .stdout(Stdio::null())
                 .stderr(log_file(&format!("raw-{ws}.log")))

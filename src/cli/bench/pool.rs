@@ -5,11 +5,12 @@
 //! wait in a per-worker inbox until the coordinator asks for that kind, so progress polls
 //! and phase reports can interleave freely.
 
+use super::cluster;
 use super::worker::{FromWorker, ToWorker};
 use anyhow::{Context, bail};
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin, Stdio};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -37,7 +38,7 @@ impl Pool {
         let (tx, answers) = mpsc::unbounded_channel();
         let mut pool = Pool { children: Vec::new(), stdins: Vec::new(), answers, inboxes: vec![VecDeque::new(); n] };
         for w in 0..n {
-            let mut child = Command::new(&exe)
+            let mut child = cluster::child(&exe)
                 .args(["bench", "worker"])
                 .env("RUST_LOG", "warn")
                 .stdin(Stdio::piped())

@@ -36,6 +36,9 @@ const POLL: Duration = Duration::from_millis(200);
 /// The longest a crash cleanup or a drain is waited for.
 const GIVE_UP: Duration = Duration::from_secs(180);
 
+/// Members of the room by default.
+const ROOM: u64 = 100_000;
+
 /// Flags of `freeim bench scale`.
 #[derive(Debug, clap::Args)]
 pub struct ScaleArgs {
@@ -60,9 +63,10 @@ pub struct ScaleArgs {
     /// Broadcasts to every socket (after one warm-up).
     #[arg(long, default_value_t = 3)]
     broadcasts: u64,
-    /// Members of the room (clients 1..=N, so spread over every node); at most --connections.
-    #[arg(long, default_value_t = 100_000)]
-    room: u64,
+    /// Members of the room (clients 1..=N, so spread over every node); at most
+    /// --connections [default: 100,000, or --connections if fewer].
+    #[arg(long)]
+    room: Option<u64>,
     /// Messages to the room (after one warm-up).
     #[arg(long, default_value_t = 3)]
     room_messages: u64,
@@ -148,7 +152,8 @@ struct Drain {
 /// Runs the scale test; fails if a connection failed or a check did.
 pub async fn run(args: ScaleArgs) -> anyhow::Result<()> {
     ensure!(args.nodes > 0 && args.connections > 0, "--nodes and --connections must be at least 1");
-    ensure!(args.room <= args.connections, "--room cannot exceed --connections");
+    let room = args.room.unwrap_or(ROOM.min(args.connections));
+    ensure!(room <= args.connections, "--room cannot exceed --connections");
     ensure!(args.sample_every > 0, "--sample-every must be at least 1");
     let on = |phase| !args.skip.contains(&phase);
     let redis = Redis::start()?;
@@ -180,9 +185,9 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<()> {
             let f = Fanout { sockets: args.connections, messages: args.broadcasts, rate: 0.0, broadcast: true };
             records.push(phase_record(scenarios::deliver(&target, &mut pool, f).await?, "scale-broadcast")?);
         }
-        if on(Phase::Room) && args.room > 0 && args.room_messages > 0 {
-            scenarios::join_all(&target.im()?, args.room).await?;
-            let f = Fanout { sockets: args.room, messages: args.room_messages, rate: 0.0, broadcast: false };
+        if on(Phase::Room) && room > 0 && args.room_messages > 0 {
+            scenarios::join_all(&target.im()?, room).await?;
+            let f = Fanout { sockets: room, messages: args.room_messages, rate: 0.0, broadcast: false };
             records.push(phase_record(scenarios::deliver(&target, &mut pool, f).await?, "scale-room")?);
         }
         if on(Phase::Crash) && nodes.procs.len() > 1 {
