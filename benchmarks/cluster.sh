@@ -6,7 +6,14 @@
 PIDS=()
 NODE_PIDS=()
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# free_ports N: N distinct free ports, one per line (all held bound until each is picked).
+free_ports() {
+  python3 -c 'import socket, sys
+held = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in held: s.bind(("127.0.0.1", 0))
+print("\n".join(str(s.getsockname()[1]) for s in held))' "$1"
+}
+free_port() { free_ports 1; }
 
 # Nodes first (a graceful shutdown, while their Redis still answers), then the rest.
 stop_all() {
@@ -35,7 +42,7 @@ start_redis() {
 start_nodes() {
   local bin=$1 n=$2 names=() server
   shift 2
-  for _ in $(seq "$n"); do names+=("127.0.0.1:$(free_port)"); done
+  for port in $(free_ports "$n"); do names+=("127.0.0.1:$port"); done
   SERVERS=$(IFS=,; echo "${names[*]}")
   NODE_PIDS=()
   WATCH=()

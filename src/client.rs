@@ -461,8 +461,9 @@ impl ImClient {
     /// [`ImClient::get_client_list_by_online`], no call blocks Redis for long on a million
     /// online clients. A client online throughout the scan is listed (rarely twice).
     pub async fn online_page(&self, cursor: u64, count: usize) -> Result<OnlinePage> {
-        let page = self.shared.backend.hscan_fields(self.shared.keys.online(), cursor, count).await?;
-        Ok(OnlinePage { cursor: page.cursor, client_ids: protocol::member_ids(&page.fields) })
+        let page = self.shared.backend.hscan(self.shared.keys.online(), cursor, count).await?;
+        let fields: Vec<String> = page.entries.into_iter().map(|(field, _)| field).collect();
+        Ok(OnlinePage { cursor: page.cursor, client_ids: protocol::member_ids(&fields) })
     }
 
     /// Whether `client_id` has at least one socket on any node (`HGET {P}Online`).

@@ -10,7 +10,7 @@
 //! up to one stream node more).
 
 use super::log::{self, LogEntry, LogHead, LogRead, META_EPOCH, META_FINGERPRINT, META_TOP};
-use super::{BackendError, FieldPage, Op, PubSubMessage, SUBSCRIPTION_QUEUE, Script, Source, Subscription};
+use super::{BackendError, HashPage, Op, PubSubMessage, SUBSCRIPTION_QUEUE, Script, Source, Subscription};
 use crate::durable::{self, Epoch};
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
@@ -338,11 +338,11 @@ impl MemoryBackend {
     /// field of its position (positions are shared only by hash collisions), and the cursor
     /// is the next position: a field present throughout a scan is returned exactly once,
     /// however the hash changes meanwhile, as `HSCAN` promises.
-    pub(super) async fn hscan_fields(&self, key: &str, cursor: u64, count: usize) -> Result<FieldPage, BackendError> {
+    pub(super) async fn hscan(&self, key: &str, cursor: u64, count: usize) -> Result<HashPage, BackendError> {
         let state = self.state();
-        let Some(hash) = state.hashes.get(key) else { return Ok(FieldPage { cursor: 0, fields: Vec::new() }) };
-        let mut ahead: Vec<(u64, &String)> =
-            hash.keys().map(|f| (scan_position(f), f)).filter(|(p, _)| *p >= cursor).collect();
+        let Some(hash) = state.hashes.get(key) else { return Ok(HashPage { cursor: 0, entries: Vec::new() }) };
+        let mut ahead: Vec<(u64, (&String, &String))> =
+            hash.iter().map(|e| (scan_position(e.0), e)).filter(|(p, _)| *p >= cursor).collect();
         ahead.sort_unstable();
         let mut end = count.max(1).min(ahead.len());
         while end < ahead.len() && ahead[end].0 == ahead[end - 1].0 {
@@ -352,7 +352,8 @@ impl MemoryBackend {
             Some(&(position, _)) => position,
             None => 0,
         };
-        Ok(FieldPage { cursor: next, fields: ahead[..end].iter().map(|(_, f)| (*f).clone()).collect() })
+        let entries = ahead[..end].iter().map(|(_, (f, v))| ((*f).clone(), (*v).clone())).collect();
+        Ok(HashPage { cursor: next, entries })
     }
 
     pub(super) async fn hlen(&self, key: &str) -> Result<u64, BackendError> {
@@ -456,11 +457,11 @@ mod tests {
         memory.state().hash("H").extend(fields.iter().map(|f| (f.clone(), "1".to_owned())));
         let (mut seen, mut cursor, mut pages) = (Vec::new(), 0, 0);
         loop {
-            let page = memory.hscan_fields("H", cursor, 7).await.unwrap();
+            let page = memory.hscan("H", cursor, 7).await.unwrap();
             // Churn between pages: a new field and a removed one that were not there throughout.
             memory.state().hash("H").insert(format!("new{pages}"), "1".into());
             memory.state().hdel("H", &format!("new{}", pages.max(1) - 1));
-            seen.extend(page.fields.into_iter().filter(|f| !f.starts_with("new")));
+            seen.extend(page.entries.into_iter().map(|(f, _)| f).filter(|f| !f.starts_with("new")));
             pages += 1;
             if page.cursor == 0 {
                 break;
@@ -470,7 +471,7 @@ mod tests {
         seen.sort_by_key(|f| f.parse::<u32>().unwrap());
         assert_eq!(seen, fields);
         assert!(pages >= 500 / 7, "{pages} pages");
-        assert_eq!(memory.hscan_fields("missing", 0, 10).await.unwrap(), FieldPage { cursor: 0, fields: vec![] });
+        assert_eq!(memory.hscan("missing", 0, 10).await.unwrap(), HashPage { cursor: 0, entries: vec![] });
         assert_eq!(memory.hlen("H").await.unwrap(), 501);
     }
 

@@ -253,13 +253,13 @@ impl Subscription {
     }
 }
 
-/// One page of a hash scan ([`Backend::hscan_fields`]).
+/// One page of a hash scan ([`Backend::hscan`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldPage {
+pub struct HashPage {
     /// Where the next page starts; 0 when this was the last one.
     pub cursor: u64,
-    /// The fields of this page.
-    pub fields: Vec<String>,
+    /// The fields of this page and their values.
+    pub entries: Vec<(String, String)>,
 }
 
 /// Redis or the in-process broker. Cheap to clone; clones share connections.
@@ -325,11 +325,11 @@ impl Backend {
         delegate!(self, b => b.hmget(key, fields).await)
     }
     /// One page of `HSCAN key cursor COUNT count`: the next cursor (0 at the end) and the
-    /// fields of this page (a field may come twice across pages, as with Redis). Every field
+    /// entries of this page (a field may come twice across pages, as with Redis). Every field
     /// present from the first page to the last is returned; the page never blocks the store
-    /// for longer than about `count` fields, unlike `HKEYS`.
-    pub async fn hscan_fields(&self, key: &str, cursor: u64, count: usize) -> Result<FieldPage, BackendError> {
-        delegate!(self, b => b.hscan_fields(key, cursor, count).await)
+    /// for longer than about `count` fields, unlike `HKEYS` or `HGETALL`.
+    pub async fn hscan(&self, key: &str, cursor: u64, count: usize) -> Result<HashPage, BackendError> {
+        delegate!(self, b => b.hscan(key, cursor, count).await)
     }
     /// `HLEN key`
     pub async fn hlen(&self, key: &str) -> Result<u64, BackendError> {

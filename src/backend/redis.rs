@@ -10,7 +10,7 @@
 use super::group_commit::{self, GroupCommit};
 use super::log::{self, LogEntry, LogHead, LogRead};
 use super::pubsub::{RedisSubscriber, Target};
-use super::{BackendError, FieldPage, Op, Script, Source, Subscription};
+use super::{BackendError, HashPage, Op, Script, Source, Subscription};
 use crate::durable::Epoch;
 use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -211,11 +211,10 @@ impl RedisBackend {
         self.query(redis::cmd("HMGET").arg(key).arg(fields)).await
     }
 
-    pub(super) async fn hscan_fields(&self, key: &str, cursor: u64, count: usize) -> Result<FieldPage, BackendError> {
-        // Redis 7.0 has no NOVALUES: the reply is field, value, field, value…
+    pub(super) async fn hscan(&self, key: &str, cursor: u64, count: usize) -> Result<HashPage, BackendError> {
         let cmd = redis::cmd("HSCAN").arg(key).arg(cursor).arg("COUNT").arg(count).clone();
-        let (cursor, pairs): (u64, Vec<String>) = self.query(&cmd).await?;
-        Ok(FieldPage { cursor, fields: pairs.into_iter().step_by(2).collect() })
+        let (cursor, entries): (u64, Vec<(String, String)>) = self.query(&cmd).await?;
+        Ok(HashPage { cursor, entries })
     }
 
     pub(super) async fn hlen(&self, key: &str) -> Result<u64, BackendError> {

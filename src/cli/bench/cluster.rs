@@ -14,7 +14,15 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A free TCP port on 127.0.0.1 (bound and released; the race window is tiny).
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(free_ports(1)?[0])
+}
+
+/// `n` distinct free ports on 127.0.0.1: all held bound until every one is picked, since a
+/// port released can be handed out again at once (two nodes given one port: the second
+/// cannot listen, and the first answers its health check and gets both shares).
+pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let held: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind("127.0.0.1:0")).collect::<Result<_, _>>()?;
+    held.iter().map(|l| Ok(l.local_addr()?.port())).collect()
 }
 
 /// A child process of the bench: `program` run so that it dies with the bench, even when
@@ -90,7 +98,7 @@ fn log_file(name: &str) -> Stdio {
 
 fn wait_until(what: &str, mut ready: impl FnMut() -> bool, child: &mut Child) -> anyhow::Result<()> {
     let deadline = Instant::now() + START_TIMEOUT;
-    while !ready() {
+    while !ready() || matches!(child.try_wait(), Ok(Some(_))) {
         if let Ok(Some(status)) = child.try_wait() {
             bail!("{what} exited at start ({status}); see {}", log_dir().display());
         }
@@ -138,8 +146,7 @@ pub struct Nodes {
 impl Nodes {
     /// Starts `k` nodes on free ports; returns when each says `/healthz` 200.
     pub fn start(k: usize, redis: &str) -> anyhow::Result<Nodes> {
-        let names: Vec<String> =
-            (0..k).map(|_| free_port().map(|p| format!("127.0.0.1:{p}"))).collect::<anyhow::Result<_>>()?;
+        let names: Vec<String> = free_ports(k)?.into_iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let mut nodes = Nodes { procs: Vec::new(), names, redis: redis.to_owned() };
         for i in 0..k {
             let proc = nodes.spawn(i)?;
@@ -212,7 +219,8 @@ impl RawServers {
         let exe = std::env::current_exe()?;
         let mut servers = RawServers { procs: Vec::new(), names: Vec::new(), controls: Vec::new() };
         for _ in 0..k {
-            let (ws, control) = (free_port()?, free_port()?);
+            let ports = free_ports(2)?;
+            let (ws, control) = (ports[0], ports[1]);
             let name = format!("127.0.0.1:{ws}");
             let control: SocketAddr = format!("127.0.0.1:{control}").parse()?;
             let mut child = child(&exe)
