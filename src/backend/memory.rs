@@ -301,6 +301,14 @@ impl MemoryBackend {
         Ok(true)
     }
 
+    pub(super) async fn mget(&self, keys: &[String]) -> Result<Vec<Option<String>>, BackendError> {
+        let mut values = Vec::with_capacity(keys.len());
+        for key in keys {
+            values.push(self.get(key, false).await?);
+        }
+        Ok(values)
+    }
+
     pub(super) async fn get(&self, key: &str, delete: bool) -> Result<Option<String>, BackendError> {
         let mut state = self.state();
         let live = match state.strings.get(key) {

@@ -306,6 +306,13 @@ impl Backend {
     pub async fn get(&self, key: &str, delete: bool) -> Result<Option<String>, BackendError> {
         delegate!(self, b => b.get(key, delete).await)
     }
+    /// `MGET key…`: each key's value, in order (`None` where missing).
+    pub async fn mget(&self, keys: &[String]) -> Result<Vec<Option<String>>, BackendError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        delegate!(self, b => b.mget(keys).await)
+    }
     /// `HKEYS key` for each key, pipelined.
     pub async fn hkeys(&self, keys: &[String]) -> Result<Vec<Vec<String>>, BackendError> {
         if keys.is_empty() {

@@ -195,6 +195,10 @@ impl RedisBackend {
         self.query(redis::cmd(if delete { "GETDEL" } else { "GET" }).arg(key)).await
     }
 
+    pub(super) async fn mget(&self, keys: &[String]) -> Result<Vec<Option<String>>, BackendError> {
+        self.query(redis::cmd("MGET").arg(keys)).await
+    }
+
     pub(super) async fn hkeys(&self, keys: &[String]) -> Result<Vec<Vec<String>>, BackendError> {
         let mut pipe = redis::pipe();
         for key in keys {

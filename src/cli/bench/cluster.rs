@@ -163,8 +163,15 @@ impl Nodes {
 
     fn spawn(&self, i: usize) -> anyhow::Result<Proc> {
         let name = &self.names[i];
-        let mut child = child(std::env::current_exe()?)
-            .args(["server", "--redis", &self.redis, "--server", name, "--servers", &self.names.join(",")])
+        let mut command = child(std::env::current_exe()?);
+        command.args(["server", "--redis", &self.redis, "--server", name, "--servers", &self.names.join(",")]);
+        // More nodes than cores (53 on this 2-core box for a million): one worker thread
+        // each, so no node wakes a second thread of its own to steal work.
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        if self.names.len() > cores {
+            command.args(["--threads", "1"]);
+        }
+        let mut child = command
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(log_file(&format!("node-{}.log", name.replace(':', "-"))))
@@ -183,23 +190,24 @@ impl Nodes {
 
 /// `GET /healthz` answers 200 (the node is subscribed to its channel).
 fn healthy(addr: SocketAddr) -> bool {
-    get(addr, "/healthz").is_some_and(|answer| answer.starts_with("HTTP/1.1 200"))
+    get(addr, "/healthz", Duration::from_millis(500)).is_some_and(|answer| answer.starts_with("HTTP/1.1 200"))
 }
 
 /// The answer (head and body) to `GET path` at `addr`, read until the node closes or for
-/// half a second; `None` when it cannot be had.
-pub fn get(addr: SocketAddr, path: &str) -> Option<String> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+/// `wait`; `None` when it cannot be had.
+pub fn get(addr: SocketAddr, path: &str, wait: Duration) -> Option<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, wait).ok()?;
+    stream.set_read_timeout(Some(wait)).ok()?;
     stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).ok()?;
     let mut answer = Vec::new();
     let _ = stream.read_to_end(&mut answer);
     (!answer.is_empty()).then(|| String::from_utf8_lossy(&answer).into_owned())
 }
 
-/// Node `addr`'s `freeim_connections` gauge, from `/metrics`.
+/// Node `addr`'s `freeim_connections` gauge, from `/metrics` (waiting up to 10 s: a node
+/// among 53 on a busy 2-core box can take seconds to answer).
 pub fn node_connections(addr: SocketAddr) -> Option<u64> {
-    let metrics = get(addr, "/metrics")?;
+    let metrics = get(addr, "/metrics", Duration::from_secs(10))?;
     metrics.lines().find_map(|l| l.strip_prefix("freeim_connections "))?.trim().parse().ok()
 }
 

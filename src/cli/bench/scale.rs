@@ -36,6 +36,8 @@ const POLL: Duration = Duration::from_millis(200);
 /// The longest a crash cleanup or a drain is waited for.
 const GIVE_UP: Duration = Duration::from_secs(180);
 
+/// Connection errors quoted when connections failed.
+const ERRORS_SHOWN: usize = 8;
 /// Members of the room by default.
 const ROOM: u64 = 100_000;
 
@@ -170,7 +172,12 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<()> {
     records.push(record);
     let mut life = Life { scenario: "scale-life", nodes: args.nodes, connections: args.connections, ..Life::default() };
     let outcome = async {
-        ensure!(failed == 0, "{failed} connections failed: {:?}", records[0].errors);
+        let errors = &records[0].errors;
+        ensure!(
+            failed == 0,
+            "{failed} connections failed, among them: {:?}",
+            &errors[..errors.len().min(ERRORS_SHOWN)]
+        );
         if on(Phase::Hold) {
             hold(&target, &mut pool, &args, &mut life).await?;
             let (online, sockets) = (presence.online().await?, presence.socket_records(&nodes.names).await?);

@@ -29,8 +29,9 @@ use tokio::sync::{Semaphore, mpsc};
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Tokens issued concurrently (pipelined on the multiplexed Redis connection).
 const TOKEN_CONCURRENCY: usize = 256;
-/// Tokens live this long, so that a whole ramp can be prepared before it starts.
-const TOKEN_TTL: Duration = Duration::from_secs(600);
+/// Tokens live this long, so that a whole ramp can be prepared before it starts (a million
+/// on this box took more than 10 minutes while the ramp was slow).
+const TOKEN_TTL: Duration = Duration::from_secs(1800);
 /// Source addresses per worker: the last octet of `127.A.B.x` cycles over `1..=SOURCES`.
 const SOURCES: usize = 250;
 /// Connection errors kept verbatim for the report.
