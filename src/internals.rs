@@ -13,6 +13,7 @@ mod gateway {
     pub use crate::gateway::http::{HeadError, RequestHead, read_head};
     pub use crate::gateway::listener::bind;
     pub use crate::gateway::outbox::{Outbox, Overflow, Sink};
+    pub use crate::gateway::socket_read::try_read;
     use crate::gateway::websocket::apply_mask;
     pub use crate::gateway::websocket::{
         FrameReader, Inbound, MAX_INBOUND_FRAME, close_frame, ping_frame, text_frame, upgrade_response,

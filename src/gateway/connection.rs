@@ -14,7 +14,7 @@
 
 use super::outbox::{Outbox, Sink};
 use super::websocket::{self, FrameReader, Inbound, close_code};
-use super::{Node, tls};
+use super::{Node, socket_read, tls};
 use crate::protocol::ClientId;
 use bytes::Bytes;
 use std::io;
@@ -352,7 +352,7 @@ fn handle_inbound(node: &Node, conn: &Conn, inbound: &mut Vec<Inbound>) {
 fn read_available(conn: &Conn, reader: &mut FrameReader, inbound: &mut Vec<Inbound>, now_ms: u64) -> io::Result<bool> {
     let mut buf = [0u8; READ_CHUNK];
     for _ in 0..READS_PER_WAKE {
-        match conn.stream.try_read(&mut buf) {
+        match socket_read::try_read(&conn.stream, &mut buf) {
             Ok(0) => return Ok(false),
             Ok(n) => {
                 conn.last_read.store(now_ms, Ordering::Relaxed);
@@ -403,7 +403,7 @@ async fn linger(conn: &Conn, reason: CloseReason) {
 fn discard_available(conn: &Conn) -> bool {
     let mut buf = [0u8; READ_CHUNK];
     loop {
-        match conn.stream.try_read(&mut buf) {
+        match socket_read::try_read(&conn.stream, &mut buf) {
             Ok(0) => return true,
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,

@@ -29,6 +29,7 @@ mod presence;
 mod registry;
 mod resume;
 mod rooms;
+pub(crate) mod socket_read;
 mod tls;
 pub(crate) mod websocket;
 

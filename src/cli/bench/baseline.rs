@@ -134,7 +134,7 @@ async fn run_conn(conn: &RawConn) {
                     return;
                 }
                 let mut buf = [0u8; READ_CHUNK];
-                match conn.stream.try_read(&mut buf) {
+                match freeim::internals::try_read(&conn.stream, &mut buf) {
                     Ok(0) => return,
                     Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}

@@ -196,7 +196,7 @@ pub fn read_available(
     READ.with(|cell| {
         let mut buf = cell.borrow_mut();
         loop {
-            let n = match stream.try_read(&mut buf[..]) {
+            let n = match freeim::internals::try_read(stream, &mut buf[..]) {
                 Ok(0) => return Ok(false),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),

@@ -141,13 +141,20 @@ pub struct Nodes {
     /// Node names (`127.0.0.1:PORT`), in routing order.
     pub names: Vec<String>,
     redis: String,
+    /// More `freeim server` flags, for every node.
+    flags: Vec<String>,
 }
 
 impl Nodes {
     /// Starts `k` nodes on free ports; returns when each says `/healthz` 200.
     pub fn start(k: usize, redis: &str) -> anyhow::Result<Nodes> {
+        Nodes::start_with(k, redis, Vec::new())
+    }
+
+    /// [`Nodes::start`], each node also given `flags`.
+    pub fn start_with(k: usize, redis: &str, flags: Vec<String>) -> anyhow::Result<Nodes> {
         let names: Vec<String> = free_ports(k)?.into_iter().map(|p| format!("127.0.0.1:{p}")).collect();
-        let mut nodes = Nodes { procs: Vec::new(), names, redis: redis.to_owned() };
+        let mut nodes = Nodes { procs: Vec::new(), names, redis: redis.to_owned(), flags };
         for i in 0..k {
             let proc = nodes.spawn(i)?;
             nodes.procs.push(proc);
@@ -171,6 +178,7 @@ impl Nodes {
         if self.names.len() > cores {
             command.args(["--threads", "1"]);
         }
+        command.args(&self.flags);
         let mut child = command
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())

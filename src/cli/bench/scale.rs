@@ -72,6 +72,9 @@ pub struct ScaleArgs {
     /// Messages to the room (after one warm-up).
     #[arg(long, default_value_t = 3)]
     room_messages: u64,
+    /// The nodes' `--ping-interval` (and `--pong-timeout`) in seconds [default: the nodes'].
+    #[arg(long, value_name = "SECS")]
+    ping_interval: Option<u64>,
     /// Phases to skip.
     #[arg(long, value_enum, value_delimiter = ',')]
     skip: Vec<Phase>,
@@ -159,7 +162,13 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<()> {
     ensure!(args.sample_every > 0, "--sample-every must be at least 1");
     let on = |phase| !args.skip.contains(&phase);
     let redis = Redis::start()?;
-    let mut nodes = Nodes::start(args.nodes, &redis.url)?;
+    let flags = match args.ping_interval {
+        Some(secs) => {
+            vec!["--ping-interval".to_owned(), secs.to_string(), "--pong-timeout".to_owned(), secs.to_string()]
+        }
+        None => Vec::new(),
+    };
+    let mut nodes = Nodes::start_with(args.nodes, &redis.url, flags)?;
     eprintln!("  [scale] {} nodes up", nodes.names.len());
     let target = Target::ours(&nodes, &redis);
     let presence = Presence::open(&redis.url, target.im()?.keys().clone()).await?;
