@@ -212,6 +212,10 @@ impl Connection {
             }
             let deadline = self.last_read + if self.probed { 2 * PROBE_AFTER } else { PROBE_AFTER };
             tokio::select! {
+                // Reads first: a node whose thread was busy for longer than the deadline
+                // (53 nodes fanning a broadcast out on 2 cores) finds both ready, and the
+                // bytes waiting in the kernel prove the connection alive.
+                biased;
                 read = self.io.read_buf(&mut self.buf) => {
                     if read? == 0 {
                         return Err(PubSubError::Closed);
