@@ -162,3 +162,26 @@ async fn a_silent_redis_is_noticed_by_the_subscription_probe() {
     assert_eq!(ws.recv_text().await, "\"after the freeze\"");
     cluster.shutdown_after(ws).await;
 }
+
+/// A consumer busy for longer than the probe's deadlines (a node fanning a broadcast out on
+/// a loaded box) does not take its own silence for Redis's: its next read probes, waits for
+/// the answer, and gets the next message on the same subscription.
+#[tokio::test]
+async fn a_busy_consumer_keeps_its_subscription() {
+    let store = TestBackend::start(Kind::Redis);
+    let backend = store.handle();
+    let mut sub = backend.subscribe(vec!["busy".to_owned()]);
+    assert!(sub.ready().await, "subscribed");
+    let epoch = *sub.epoch().borrow();
+    // Nothing reads for longer than the probe and its answer are given (5 s + 5 s).
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let publisher = backend.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let op = freeim::backend::Op::Publish { channel: "busy".into(), payload: "after".into() };
+        publisher.execute(vec![op]).await.unwrap();
+    });
+    let message = tokio::time::timeout(Duration::from_secs(8), sub.recv()).await.expect("a message").unwrap();
+    assert_eq!(&message.payload[..], b"after");
+    assert_eq!(*sub.epoch().borrow(), epoch, "the subscription was dropped and made again");
+}
