@@ -32,6 +32,8 @@ use tokio::sync::mpsc;
 const MAX_BATCH: usize = 512;
 /// How often the dispatcher trims its log by age (and checks whether position frames are due).
 const LOG_TICK: Duration = Duration::from_secs(1);
+/// Sockets written to between two yields of the dispatcher (see `Plan::write`).
+const WRITES_PER_TURN: usize = 1024;
 
 /// Consumes the node's subscription until shutdown; between batches, serves resumes,
 /// catches up after a re-subscription, sends position frames and trims the log.
@@ -156,12 +158,20 @@ struct Plan {
 impl Plan {
     /// Writes every planned group, counting the frames handed to sockets and those lost
     /// to overflowing queues; then records the logged messages in the node's window.
-    fn write(&mut self, node: &Node, log: &mut NodeLog) {
-        let (mut frames, mut dropped) = (0, 0);
+    /// Yields every [`WRITES_PER_TURN`] sockets, so that a broadcast to the node's ~19k
+    /// sockets does not keep its other tasks (lease renewal, heartbeats, the sockets' own
+    /// flushes) from running: 53 nodes on 2 cores made one such loop last seconds, and the
+    /// leases of busy nodes lapsed.
+    async fn write(&mut self, node: &Node, log: &mut NodeLog) {
+        let (mut frames, mut dropped, mut written) = (0, 0, 0usize);
         for group in self.groups.drain(..) {
             for targets in [&group.freeim, &group.durable] {
                 for conn in &targets.conns {
                     dropped += conn.send(&targets.frames, node.config.max_queue_bytes);
+                    written += 1;
+                    if written.is_multiple_of(WRITES_PER_TURN) {
+                        tokio::task::yield_now().await;
+                    }
                 }
                 frames += targets.conns.len() * targets.frames.len();
             }
@@ -236,7 +246,7 @@ async fn dispatch_items(node: &Node, log: &mut NodeLog, mut members: Members<'_>
         let logged = offset.map(|o| Entry::new(o, command.as_ref(), now));
         match command {
             Some(NodeCommand::ForceOffline(id)) => {
-                plan.write(node, log);
+                plan.write(node, log).await;
                 node.registry.with(id, |conns| conns.iter().for_each(|c| c.close(CloseReason::ForceOffline)));
             }
             Some(NodeCommand::Direct(message)) => {
@@ -248,7 +258,7 @@ async fn dispatch_items(node: &Node, log: &mut NodeLog, mut members: Members<'_>
         }
         plan.logged.extend(logged);
     }
-    plan.write(node, log);
+    plan.write(node, log).await;
     log.publish(node);
     if let Err(e) = node.client.backend().execute(receipts).await {
         tracing::warn!(error = %e, "could not publish receipts");
