@@ -19,10 +19,18 @@ shift $(($# < 2 ? $# : 2))
 bin=$(realpath "$bin")
 out=$(realpath -m "$out")
 sysctl -qw net.ipv4.tcp_child_ehash_entries=4194304
+before=$(pgrep -n -x redis-server || true)
+export before
 unshare --net -- bash -euc '
   ip link set lo up
   # The new namespace starts from the kernel defaults; these are the ones a million needs.
   sysctl -qw net.ipv4.ip_local_port_range="1024 65000" net.core.somaxconn=8192 net.ipv4.tcp_max_syn_backlog=8192
   echo "tcp_ehash_entries in the bench namespace: $(sysctl -n net.ipv4.tcp_ehash_entries)" >&2
+  # Redis needs little CPU but must not queue behind 120 busy processes: on a real cluster
+  # it has cores of its own. Raise the bench Redis'"'"'s priority once it runs.
+  ( for _ in $(seq 100); do
+      pid=$(pgrep -n -x redis-server) && [ "$pid" != "$before" ] && renice -n -10 -p "$pid" >/dev/null && exit
+      sleep 0.2
+    done ) &
   exec "$0" bench scale --json "$1" "${@:2}"
 ' "$bin" "$out" "$@"

@@ -25,7 +25,7 @@ use crate::protocol::TokenValue;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Seconds a lease lives without renewal.
 const LEASE_TTL_SECS: u64 = 15;
@@ -120,6 +120,17 @@ pub(crate) async fn take(node: &Node) -> Option<bool> {
     }
 }
 
+/// Renews this node's lease if [`RENEW_EVERY`] has passed since `renewed`: long work in the
+/// lease task (cleaning up after a dead node, restoring 19k sockets) must not let this node's
+/// own lease lapse, or a survivor cleans up its live sockets (at a million on this box, 44
+/// nodes did, each restoring itself for longer than the lease, again and again).
+async fn renew_if_due(node: &Node, renewed: &mut Instant) {
+    if renewed.elapsed() >= RENEW_EVERY {
+        take(node).await;
+        *renewed = Instant::now();
+    }
+}
+
 /// Renews the lease and checks the other nodes'; `true` when this node's lease had lapsed,
 /// so a survivor may have cleaned its live sockets up and they must be recorded again.
 async fn renew_and_check(node: &Node) -> bool {
@@ -171,8 +182,9 @@ async fn clean_if_dead(node: &Node, other: &str) -> crate::Result<()> {
 async fn clean_node(node: &Node, server: &str) -> crate::Result<usize> {
     let sockets_key = node.client.keys().node_sockets(server);
     let key = &sockets_key;
-    let (mut cursor, mut cleaned) = (0, 0);
+    let (mut cursor, mut cleaned, mut renewed) = (0, 0, Instant::now());
     loop {
+        renew_if_due(node, &mut renewed).await;
         let page = node.client.backend().hscan(key, cursor, CLEAN_PAGE).await?;
         let results: Vec<crate::Result<bool>> = futures_util::stream::iter(page.entries)
             .map(|(socket, value)| async move { clean_socket(node, server, key, socket, value).await })
@@ -226,18 +238,21 @@ async fn clean_socket(
 /// Redis is announced online. Returns `false` when the backend failed (the caller retries;
 /// replays are harmless).
 pub(crate) async fn restore(node: &Node) -> bool {
-    let results: Vec<crate::Result<bool>> = futures_util::stream::iter(node.registry.all())
-        .map(|conn| async move { restore_socket(node, &conn).await })
-        .buffer_unordered(CLEAN_CONCURRENCY)
-        .collect()
-        .await;
-    let mut restored = 0;
-    for result in results {
-        match result {
-            Ok(recorded) => restored += usize::from(recorded),
-            Err(e) => {
-                tracing::warn!(error = %e, "presence restore interrupted; retrying");
-                return false;
+    let (mut restored, mut renewed) = (0, Instant::now());
+    for chunk in node.registry.all().chunks(CLEAN_PAGE) {
+        renew_if_due(node, &mut renewed).await;
+        let results: Vec<crate::Result<bool>> = futures_util::stream::iter(chunk.iter().cloned())
+            .map(|conn| async move { restore_socket(node, &conn).await })
+            .buffer_unordered(CLEAN_CONCURRENCY)
+            .collect()
+            .await;
+        for result in results {
+            match result {
+                Ok(recorded) => restored += usize::from(recorded),
+                Err(e) => {
+                    tracing::warn!(error = %e, "presence restore interrupted; retrying");
+                    return false;
+                }
             }
         }
     }
