@@ -453,10 +453,7 @@ pub async fn deliver(target: &Target, pool: &mut Pool, f: Fanout) -> anyhow::Res
     let before = rss_sum_kib(&target.watch);
     let sampler = RssSampler::start(target.watch.clone());
     let redis_url = target.spec.redis.as_deref();
-    let commands_before = match redis_url {
-        Some(url) => redis_command_usec(url).await,
-        None => None,
-    };
+    let commands_before = redis_command_usec(redis_url).await;
     let cpu = target.cpu_probe(pool);
     let (first_ns, send_errors) =
         publish(&mut publisher, target.message_len, f.messages, f.rate, 1, |_| audience.clone()).await;
@@ -464,10 +461,7 @@ pub async fn deliver(target: &Target, pool: &mut Pool, f: Fanout) -> anyhow::Res
     wait_deliveries(pool, name, expected).await?;
     let Delivered { received, latency, last_ns, .. } = deliveries(pool).await?;
     let cpu = cpu.stop();
-    let commands_after = match redis_url {
-        Some(url) => redis_command_usec(url).await,
-        None => None,
-    };
+    let commands_after = redis_command_usec(redis_url).await;
     let peak = sampler.stop();
     let secs = window(first_ns, last_ns, f.messages, f.rate);
     let mut record = Record::new(name, &target.label);

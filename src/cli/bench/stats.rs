@@ -166,9 +166,9 @@ pub async fn redis_used_memory(url: &str) -> Option<u64> {
 }
 
 /// Microseconds Redis at `url` has spent executing commands since it started: the sum of
-/// `usec=` over `INFO commandstats`.
-pub async fn redis_command_usec(url: &str) -> Option<u64> {
-    let client = redis::Client::open(url).ok()?;
+/// `usec=` over `INFO commandstats` (`None` without a Redis, as for the raw baseline).
+pub async fn redis_command_usec(url: Option<&str>) -> Option<u64> {
+    let client = redis::Client::open(url?).ok()?;
     let mut conn = client.get_multiplexed_async_connection().await.ok()?;
     let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut conn).await.ok()?;
     Some(
