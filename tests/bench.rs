@@ -68,7 +68,9 @@ async fn node_with_api(redis: &RedisServer) -> (FreeimProcess, String) {
 /// Runs `freeim bench p2p` against the node at `addr` with 50 clients and 500 messages, plus
 /// `flags`; its JSON record.
 fn p2p_record(redis: &RedisServer, addr: &str, flags: &[&str]) -> serde_json::Value {
-    let json = std::env::temp_dir().join(format!("freeim-bench-p2p-{}.jsonl", std::process::id()));
+    // One file per node: the tests run side by side in one process.
+    let port = addr.rsplit(':').next().unwrap();
+    let json = std::env::temp_dir().join(format!("freeim-bench-p2p-{}-{port}.jsonl", std::process::id()));
     let _ = std::fs::remove_file(&json);
     let (url, json_path) = (redis.url(), json.to_str().unwrap().to_owned());
     let mut args = vec!["bench", "p2p", "--redis", &url, "--servers", addr, "--clients", "50", "--messages", "500"];
