@@ -551,27 +551,30 @@ async fn the_openapi_document_is_served_without_a_key_and_names_every_method() {
     assert_eq!(paths, want);
 }
 
-/// Reads one HTTP answer (head and a `Content-Length` body) off a kept-alive connection.
-async fn read_answer(stream: &mut TcpStream) -> (u16, String) {
-    let mut buf = Vec::new();
+/// Reads one HTTP answer (head and a `Content-Length` body) off a kept-alive connection;
+/// `buf` keeps what was read past it (the next pipelined answer may come in the same read).
+async fn read_answer(stream: &mut TcpStream, buf: &mut Vec<u8>) -> (u16, String) {
+    let mut read_more = async |buf: &mut Vec<u8>| {
+        let mut chunk = [0u8; 1024];
+        let n = tokio::time::timeout(WAIT, stream.read(&mut chunk)).await.expect("an answer").unwrap();
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(buf));
+        buf.extend_from_slice(&chunk[..n]);
+    };
     let head_end = loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             break end + 4;
         }
-        let mut chunk = [0u8; 1024];
-        let n = tokio::time::timeout(WAIT, stream.read(&mut chunk)).await.expect("an answer").unwrap();
-        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&buf));
-        buf.extend_from_slice(&chunk[..n]);
+        read_more(buf).await;
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
     let length: usize =
         head.split("content-length: ").nth(1).and_then(|v| v.split("\r\n").next()?.parse().ok()).unwrap();
     while buf.len() < head_end + length {
-        let mut chunk = [0u8; 1024];
-        let n = stream.read(&mut chunk).await.unwrap();
-        buf.extend_from_slice(&chunk[..n]);
+        read_more(buf).await;
     }
-    (status_of(&buf), String::from_utf8(buf[head_end..head_end + length].to_vec()).unwrap())
+    let answer = (status_of(buf), String::from_utf8(buf[head_end..head_end + length].to_vec()).unwrap());
+    buf.drain(..head_end + length);
+    answer
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -579,6 +582,7 @@ async fn one_keep_alive_connection_carries_many_calls() {
     let api = Api::start().await;
     let mut ws = api.cluster.connect(2).await;
     let mut stream = TcpStream::connect(api.cluster.addr(0)).await.unwrap();
+    let mut buf = Vec::new();
     for n in 0..3 {
         let body = json!({"sender": 1, "receivers": [2], "content": n}).to_string();
         let call = format!(
@@ -587,14 +591,14 @@ async fn one_keep_alive_connection_carries_many_calls() {
             body.len()
         );
         stream.write_all(call.as_bytes()).await.unwrap();
-        assert_eq!(read_answer(&mut stream).await, (200, "{}".to_owned()));
+        assert_eq!(read_answer(&mut stream, &mut buf).await, (200, "{}".to_owned()));
         assert_eq!(ws.recv_text().await, n.to_string());
     }
     // Pipelined requests on it are answered in order too.
     let info = format!("POST /api/chans HTTP/1.1\r\nHost: t\r\nX-API-Key: {KEY}\r\nContent-Length: 2\r\n\r\n{{}}");
     stream.write_all(format!("{info}{info}").as_bytes()).await.unwrap();
-    assert_eq!(read_answer(&mut stream).await, (200, r#"{"chans":[]}"#.to_owned()));
-    assert_eq!(read_answer(&mut stream).await, (200, r#"{"chans":[]}"#.to_owned()));
+    assert_eq!(read_answer(&mut stream, &mut buf).await, (200, r#"{"chans":[]}"#.to_owned()));
+    assert_eq!(read_answer(&mut stream, &mut buf).await, (200, r#"{"chans":[]}"#.to_owned()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

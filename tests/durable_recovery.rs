@@ -29,6 +29,8 @@ const FEED_PAUSE: Duration = Duration::from_millis(10);
 const STORM_SOCKETS: i64 = 1_000;
 /// Concurrent senders of the resume storm; each owns the clients `id % STORM_SENDERS`.
 const STORM_SENDERS: i64 = 8;
+/// Each storm sender's pause between sends: at most 2,000 sends per second in all.
+const STORM_SEND_EVERY: Duration = Duration::from_millis(4);
 
 /// What one durable socket got over its connections, checked frame by frame against the
 /// wire's rules: message offsets strictly increase, a position frame never goes back, and
@@ -428,8 +430,13 @@ async fn follow(im: ImClient, id: i64, storm: Arc<Storm>) -> Received {
 async fn storm_sender(im: ImClient, s: i64, stop: Arc<AtomicBool>) -> HashMap<i64, Vec<u64>> {
     let clients: Vec<i64> = (1..=STORM_SOCKETS).filter(|id| id % STORM_SENDERS == s).collect();
     let mut sent: HashMap<i64, Vec<u64>> = HashMap::new();
+    // Paced, so that the sockets' gap stays within what a resume recovers (20,000 offsets
+    // per node; unpaced, an optimised build sends more than that while they are away).
+    let mut pace = tokio::time::interval(STORM_SEND_EVERY);
+    pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut k = 0;
     while !stop.load(Ordering::Relaxed) {
+        pace.tick().await;
         let n = s as u64 * 1_000_000 + k as u64;
         let mut to = vec![clients[k % clients.len()], clients[(k * 7 + 3) % clients.len()]];
         to.dedup();

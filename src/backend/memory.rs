@@ -291,6 +291,20 @@ impl MemoryBackend {
         Ok(())
     }
 
+    pub(super) async fn set_ex_get(
+        &self,
+        key: &str,
+        value: &str,
+        ttl_secs: u64,
+    ) -> Result<Option<String>, BackendError> {
+        let now = Instant::now();
+        let mut state = self.state();
+        state.sweep_expired(now);
+        let old = state.strings.get(key).map(|(old, _)| old.clone());
+        state.set(key, value, now + Duration::from_secs(ttl_secs));
+        Ok(old)
+    }
+
     pub(super) async fn set_nx_ex(&self, key: &str, value: &str, ttl_secs: u64) -> Result<bool, BackendError> {
         let now = Instant::now();
         let mut state = self.state();

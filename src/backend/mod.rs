@@ -298,6 +298,10 @@ impl Backend {
     pub async fn set_ex(&self, key: &str, value: &str, ttl_secs: u64) -> Result<(), BackendError> {
         delegate!(self, b => b.set_ex(key, value, ttl_secs).await)
     }
+    /// `SET key value EX ttl_secs GET`: the value it replaced (`None`: there was none).
+    pub async fn set_ex_get(&self, key: &str, value: &str, ttl_secs: u64) -> Result<Option<String>, BackendError> {
+        delegate!(self, b => b.set_ex_get(key, value, ttl_secs).await)
+    }
     /// `SET key value NX EX ttl_secs`: whether the key was set (it did not exist).
     pub async fn set_nx_ex(&self, key: &str, value: &str, ttl_secs: u64) -> Result<bool, BackendError> {
         delegate!(self, b => b.set_nx_ex(key, value, ttl_secs).await)
@@ -375,6 +379,15 @@ impl Backend {
     /// Drops the entries of `log` with offsets below `min_offset` (`XTRIM log MINID`).
     pub async fn log_trim(&self, log: &str, min_offset: u64) -> Result<(), BackendError> {
         delegate!(self, b => b.log_trim(log, min_offset).await)
+    }
+    /// The same store on a command connection of its own, for a task that must not wait
+    /// behind the node's other commands nor on its busy runtime: the connection is made by
+    /// the first command, on the runtime that issues it. (In-process, a clone.)
+    pub fn detached(&self) -> Result<Backend, BackendError> {
+        Ok(match self {
+            Backend::Redis(b) => Backend::Redis(b.detached()?),
+            Backend::Memory(b) => Backend::Memory(b.clone()),
+        })
     }
     /// Subscribes to `channels`; see [`Subscription`]. On Redis it connects when first read
     /// or made [`Subscription::ready`].

@@ -1,9 +1,10 @@
 //! The Redis backend: one multiplexed, self-reconnecting command connection shared by every
 //! caller, plus one dedicated connection per subscription ([`super::pubsub`]).
 //!
-//! Commands are exactly those of the reference (`SET … EX`, `GET`, `HKEYS`, `HMGET`,
-//! `HGETALL`, `PUBLISH`, `HINCRBY`, `EVAL`), with `GETDEL` for single-use tokens, and for
-//! the durable log ([`super::log`]) `EVALSHA` of its scripts and `XTRIM` (Redis ≥ 6.2).
+//! Commands are those of the reference (`SET … EX`, `GET`, `HKEYS`, `HMGET`, `HGETALL`,
+//! `PUBLISH`, `HINCRBY`, `EVAL`), with `GETDEL` for single-use tokens, `SET … GET`, `MGET`,
+//! `HLEN` and `HSCAN` for node leases and presence at scale, and for the durable log
+//! ([`super::log`]) `EVALSHA` of its scripts and `XTRIM` (Redis ≥ 6.2).
 //! A command issued while Redis is down fails fast with [`BackendError::Redis`]; the
 //! connection manager reconnects in the background so the next command works again.
 
@@ -52,7 +53,16 @@ impl RedisBackend {
     /// connects, and a Redis that is down at start-up is retried rather than fatal.
     /// Fails only when the URL itself is invalid.
     pub fn open(url: &str) -> Result<Self, BackendError> {
-        let client = redis::Client::open(url)?;
+        Self::connect_lazily(redis::Client::open(url)?)
+    }
+
+    /// The same Redis on a command connection of its own, made by the first command (so on
+    /// the runtime that issues it).
+    pub(super) fn detached(&self) -> Result<Self, BackendError> {
+        Self::connect_lazily(self.client.clone())
+    }
+
+    fn connect_lazily(client: redis::Client) -> Result<Self, BackendError> {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
@@ -183,6 +193,15 @@ impl RedisBackend {
 
     pub(super) async fn set_ex(&self, key: &str, value: &str, ttl_secs: u64) -> Result<(), BackendError> {
         self.query(redis::cmd("SET").arg(key).arg(value).arg("EX").arg(ttl_secs)).await
+    }
+
+    pub(super) async fn set_ex_get(
+        &self,
+        key: &str,
+        value: &str,
+        ttl_secs: u64,
+    ) -> Result<Option<String>, BackendError> {
+        self.query(redis::cmd("SET").arg(key).arg(value).arg("EX").arg(ttl_secs).arg("GET")).await
     }
 
     pub(super) async fn set_nx_ex(&self, key: &str, value: &str, ttl_secs: u64) -> Result<bool, BackendError> {

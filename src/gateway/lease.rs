@@ -1,7 +1,10 @@
 //! Node leases: no ghost presence after a crash, and presence restored after a Redis loss.
 //!
 //! Every node keeps `{P}NodeLease{node}` alive (TTL [`LEASE_TTL_SECS`], renewed every
-//! [`RENEW_EVERY`]). Every node also checks the others' leases on that tick: a node whose
+//! [`RENEW_EVERY`] by [`keep`], from a thread and a Redis connection of its own: at a
+//! million sockets on this box, 53 nodes broadcasting on 2 cores starved their runtimes
+//! for longer than the lease, and the survivors cleaned up live nodes). Every node also
+//! checks the others' leases on that tick, from its lease task: a node whose
 //! lease is gone but whose `{P}NodeSockets{node}` still lists sockets died without
 //! cleaning up (kill -9, power loss). One survivor, the one that takes the cleanup lock
 //! (`SET NX`), runs the normal close path for each of those sockets: counts down
@@ -21,11 +24,12 @@
 use super::Node;
 use super::connection::Conn;
 use super::presence::{self, Leave, SocketField};
+use crate::backend::Backend;
 use crate::protocol::TokenValue;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Seconds a lease lives without renewal.
 const LEASE_TTL_SECS: u64 = 15;
@@ -40,8 +44,37 @@ const CLEAN_CONCURRENCY: usize = 64;
 /// Socket records read per `HSCAN` page while cleaning up.
 const CLEAN_PAGE: usize = 1000;
 
-/// Renews this node's lease, cleans up after dead nodes and restores presence after a
-/// Redis loss, until shutdown.
+/// Renews this node's lease every [`RENEW_EVERY`] until shutdown, on a thread of its own
+/// with a current-thread runtime and its own command connection: a thread that sleeps
+/// between renewals is run as soon as it wakes, however busy the node's runtime is. A
+/// renewal that finds the lease gone (it lapsed, or Redis came back empty) wakes
+/// [`run`] through `Node::lease_lapsed`, to record the live sockets again.
+pub(crate) fn keep(node: Arc<Node>) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let renewals = async move {
+        let backend = match node.client.backend().detached() {
+            Ok(backend) => backend,
+            // The URL was valid for the node's own connection; this cannot fail after it.
+            Err(e) => return tracing::error!(error = %e, "no connection for the node lease"),
+        };
+        let mut ticks = tokio::time::interval(RENEW_EVERY);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                _ = node.shutdown.cancelled() => return,
+            }
+            if renew(&node, &backend).await == Some(false) {
+                node.lease_lapsed.notify_one();
+            }
+        }
+    };
+    std::thread::Builder::new().name("freeim-lease".into()).spawn(move || runtime.block_on(renewals))?;
+    Ok(())
+}
+
+/// Cleans up after dead nodes and restores presence after a Redis loss or a lapsed lease,
+/// until shutdown.
 pub(crate) async fn run(node: Arc<Node>) {
     let mut ticks = tokio::time::interval(RENEW_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -54,6 +87,15 @@ pub(crate) async fn run(node: Arc<Node>) {
         tokio::select! {
             _ = ticks.tick() => {}
             _ = epoch.changed(), if epoch.has_changed().is_ok() => {}
+            // A survivor may have cleaned up this node's live sockets: record them again.
+            // (Not while the subscription is down: Redis itself was lost, and the restore
+            // once subscribed again announces the sockets when the business can hear it.)
+            _ = node.lease_lapsed.notified() => {
+                if !node.registry.is_empty() && *node.live.borrow() {
+                    tracing::warn!("this node's lease had lapsed: recording its live sockets again");
+                    restore_pending = true;
+                }
+            }
             // The command connection may come back a little after the subscription.
             _ = tokio::time::sleep(RESTORE_RETRY), if restore_pending => {}
             _ = node.shutdown.cancelled() => return,
@@ -76,9 +118,7 @@ pub(crate) async fn run(node: Arc<Node>) {
         if !own_clean {
             own_clean = clean_own(&node).await;
         }
-        if renew_and_check(&node).await {
-            restore_pending = true;
-        }
+        check_others(&node).await;
         if let Err(e) = presence::leave_away(&node).await {
             tracing::warn!(error = %e, "could not leave the channels of clients away");
         }
@@ -101,44 +141,29 @@ pub(crate) async fn clean_own(node: &Node) -> bool {
     }
 }
 
-/// Takes or renews this node's lease: `Some(true)` if it was still alive, `Some(false)` if
-/// it had lapsed (or never existed), `None` if the backend failed.
+/// Takes or renews this node's lease on the node's own connection: `Some(true)` if it was
+/// still alive, `Some(false)` if it had lapsed (or never existed), `None` if the backend
+/// failed.
 pub(crate) async fn take(node: &Node) -> Option<bool> {
-    let backend = node.client.backend();
+    renew(node, node.client.backend()).await
+}
+
+/// [`take`] on `backend` (the node's connection, or the lease thread's own).
+async fn renew(node: &Node, backend: &Backend) -> Option<bool> {
     let lease = node.client.keys().node_lease(&node.config.server);
-    let renewed = async {
-        let alive = backend.get(&lease, false).await?.is_some();
-        backend.set_ex(&lease, "alive", LEASE_TTL_SECS).await?;
-        Ok::<_, crate::backend::BackendError>(alive)
-    };
-    match renewed.await {
-        Ok(alive) => Some(alive),
+    match backend.set_ex_get(&lease, "alive", LEASE_TTL_SECS).await {
+        Ok(old) => Some(old.is_some()),
         Err(e) => {
+            node.metrics.lease_renewal_failed();
             tracing::warn!(error = %e, "could not renew node lease");
             None
         }
     }
 }
 
-/// Renews this node's lease if [`RENEW_EVERY`] has passed since `renewed`: long work in the
-/// lease task (cleaning up after a dead node, restoring 19k sockets) must not let this node's
-/// own lease lapse, or a survivor cleans up its live sockets (at a million on this box, 44
-/// nodes did, each restoring itself for longer than the lease, again and again).
-async fn renew_if_due(node: &Node, renewed: &mut Instant) {
-    if renewed.elapsed() >= RENEW_EVERY {
-        take(node).await;
-        *renewed = Instant::now();
-    }
-}
-
-/// Renews the lease and checks the other nodes'; `true` when this node's lease had lapsed,
-/// so a survivor may have cleaned its live sockets up and they must be recorded again.
-async fn renew_and_check(node: &Node) -> bool {
+/// Checks the other nodes' leases and cleans up after those that died.
+async fn check_others(node: &Node) {
     let (client, me) = (&node.client, &node.config.server);
-    let Some(alive) = take(node).await else { return false };
-    if !alive && !node.registry.is_empty() {
-        tracing::warn!("this node's lease had lapsed: recording its live sockets again");
-    }
     // Every other node's lease in one round trip: at 53 nodes on a loaded box, one GET
     // each made a tick outlast the lease.
     let others: Vec<&String> = client.servers().iter().filter(|s| *s != me).collect();
@@ -153,7 +178,6 @@ async fn renew_and_check(node: &Node) -> bool {
         }
         Err(e) => tracing::warn!(error = %e, "could not check the other nodes' leases"),
     }
-    !alive && !node.registry.is_empty()
 }
 
 /// Cleans up after `other`, whose lease is gone, if it left socket records and no other
@@ -182,9 +206,8 @@ async fn clean_if_dead(node: &Node, other: &str) -> crate::Result<()> {
 async fn clean_node(node: &Node, server: &str) -> crate::Result<usize> {
     let sockets_key = node.client.keys().node_sockets(server);
     let key = &sockets_key;
-    let (mut cursor, mut cleaned, mut renewed) = (0, 0, Instant::now());
+    let (mut cursor, mut cleaned) = (0, 0);
     loop {
-        renew_if_due(node, &mut renewed).await;
         let page = node.client.backend().hscan(key, cursor, CLEAN_PAGE).await?;
         let results: Vec<crate::Result<bool>> = futures_util::stream::iter(page.entries)
             .map(|(socket, value)| async move { clean_socket(node, server, key, socket, value).await })
@@ -238,9 +261,8 @@ async fn clean_socket(
 /// Redis is announced online. Returns `false` when the backend failed (the caller retries;
 /// replays are harmless).
 pub(crate) async fn restore(node: &Node) -> bool {
-    let (mut restored, mut renewed) = (0, Instant::now());
+    let mut restored = 0;
     for chunk in node.registry.all().chunks(CLEAN_PAGE) {
-        renew_if_due(node, &mut renewed).await;
         let results: Vec<crate::Result<bool>> = futures_util::stream::iter(chunk.iter().cloned())
             .map(|conn| async move { restore_socket(node, &conn).await })
             .buffer_unordered(CLEAN_CONCURRENCY)

@@ -231,6 +231,7 @@ pub(crate) struct Metrics {
     redis_resubscribes: AtomicU64,
     lease_cleanups: AtomicU64,
     lease_cleaned_sockets: AtomicU64,
+    lease_renewal_failures: AtomicU64,
     resumes: [AtomicU64; Outcome::ALL.len()],
     replayed_frames: AtomicU64,
     gap_fills: AtomicU64,
@@ -286,6 +287,11 @@ impl Metrics {
     pub(crate) fn lease_cleanup(&self, sockets: usize) {
         bump(&self.lease_cleanups, 1);
         bump(&self.lease_cleaned_sockets, sockets as u64);
+    }
+
+    /// A renewal of this node's lease failed (Redis unreachable or too slow).
+    pub(crate) fn lease_renewal_failed(&self) {
+        bump(&self.lease_renewal_failures, 1);
     }
 
     /// A durable socket got its hello.
@@ -401,6 +407,12 @@ impl Metrics {
             "Sockets of dead nodes closed by this node's cleanups.",
             &[("", get(&self.lease_cleaned_sockets))],
         );
+        text.metric(
+            "freeim_lease_renewal_failures_total",
+            "counter",
+            "Renewals of this node's lease that failed (past 15 s of them, survivors clean it up).",
+            &[("", get(&self.lease_renewal_failures))],
+        );
         let resumes: Vec<(String, u64)> = Outcome::ALL
             .iter()
             .map(|&o| (format!("{{result=\"{}\"}}", o.label()), get(&self.resumes[o as usize])))
@@ -462,6 +474,7 @@ mod tests {
         m.frames_out(10);
         m.receipt(false);
         m.lease_cleanup(4);
+        m.lease_renewal_failed();
         m.memberships(7);
         m.resumed(Outcome::Recovered);
         m.resumed(Outcome::Recovered);
@@ -489,6 +502,7 @@ mod tests {
             "freeim_receipts_total{status=\"offline\"} 1",
             "freeim_lease_cleanups_total 1",
             "freeim_lease_cleaned_sockets_total 4",
+            "freeim_lease_renewal_failures_total 1",
             "freeim_resumes_total{result=\"recovered\"} 2",
             "freeim_resumes_total{result=\"not_recovered\"} 0",
             "freeim_resumes_total{result=\"new\"} 1",

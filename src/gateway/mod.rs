@@ -45,7 +45,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Instant;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -63,6 +63,9 @@ pub enum GatewayError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The thread that renews the node's lease could not be started.
+    #[error("could not start the lease thread: {0}")]
+    LeaseThread(std::io::Error),
     /// The client options derived from the configuration are invalid.
     #[error(transparent)]
     Client(#[from] crate::Error),
@@ -86,6 +89,8 @@ pub(crate) struct Node {
     pub(crate) epoch: watch::Receiver<u64>,
     /// Cancelled when shutdown starts.
     pub(crate) shutdown: CancellationToken,
+    /// Told by the lease thread when it found this node's lease gone (see `lease`).
+    pub(crate) lease_lapsed: Notify,
     /// Connection tasks, so shutdown can wait for their close paths.
     pub(crate) connections: TaskTracker,
     /// Socket ids: the start time in seconds in the high 32 bits and a counter in the low
@@ -151,6 +156,7 @@ impl Gateway {
             sockets_key,
             away_key,
             shutdown: CancellationToken::new(),
+            lease_lapsed: Notify::new(),
             connections: TaskTracker::new(),
             next_conn_id: AtomicU64::new(first_conn_id()),
             clock: Instant::now(),
@@ -170,6 +176,7 @@ impl Gateway {
             lease::clean_own(&node).await
         };
         let _ = tokio::time::timeout(STARTUP_CLEANUP_TIMEOUT, startup).await;
+        lease::keep(node.clone()).map_err(GatewayError::LeaseThread)?;
         let tasks = TaskTracker::new();
         tasks.spawn(listener::run(node.clone(), listener, listener::handle));
         if let Some(api_listener) = api_listener {
