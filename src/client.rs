@@ -503,8 +503,7 @@ impl ImClient {
 
     /// Removes `client_id` from each of `chans`.
     pub async fn leave_chan<S: AsRef<str>>(&self, client_id: ClientId, chans: &[S]) -> Result<()> {
-        let pairs = chans.iter().map(|c| (client_id.to_string(), c.as_ref()));
-        self.membership(Script::LeaveChan, pairs).await
+        Ok(self.shared.backend.execute(self.leave_ops(client_id, chans)).await?)
     }
 
     /// Removes each of `client_ids` from `chan`.
@@ -514,8 +513,18 @@ impl ImClient {
 
     /// One script call per (member field, chan) pair, pipelined; empty channels skipped.
     async fn membership<'a>(&self, script: Script, pairs: impl Iterator<Item = (String, &'a str)>) -> Result<()> {
+        Ok(self.shared.backend.execute(self.membership_ops(script, pairs)).await?)
+    }
+
+    /// The writes of [`ImClient::leave_chan`], for a caller that pipelines them with others.
+    pub(crate) fn leave_ops<S: AsRef<str>>(&self, client_id: ClientId, chans: &[S]) -> Vec<Op> {
+        self.membership_ops(Script::LeaveChan, chans.iter().map(|c| (client_id.to_string(), c.as_ref())))
+    }
+
+    /// The script calls of [`ImClient::membership`].
+    fn membership_ops<'a>(&self, script: Script, pairs: impl Iterator<Item = (String, &'a str)>) -> Vec<Op> {
         let keys = &self.shared.keys;
-        let ops = pairs
+        pairs
             .filter(|(_, chan)| !chan.is_empty())
             .map(|(member, chan)| {
                 let keys =
@@ -529,8 +538,7 @@ impl ImClient {
                 }
                 Op::Eval { script, keys, args }
             })
-            .collect();
-        Ok(self.shared.backend.execute(ops).await?)
+            .collect()
     }
 
     /// Member ids of `chan` (online or not).

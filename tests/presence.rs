@@ -163,3 +163,35 @@ both!(the_last_socket_on_any_node_leaves_the_channels, |kind| async move {
     assert_eq!(cluster.hash(keys.list_chan()).await, vec![]);
     cluster.shutdown().await;
 });
+
+/// Sockets of the batched-close test; half of their clients are in a channel.
+const DRAINED: i64 = 300;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_node_closes_its_sockets_in_batches_and_leaves_no_presence() {
+    let mut cluster = Cluster::start(Kind::Redis, 1).await;
+    let keys = cluster.im.keys().clone();
+    let mut offline = cluster.backend().subscribe(vec![keys.event_offline().to_owned()]);
+    assert!(offline.ready().await, "subscribed");
+    let mut sockets = Vec::new();
+    for id in 1..=DRAINED {
+        sockets.push(cluster.connect(id).await);
+        if id % 2 == 0 {
+            cluster.im.join_chan(id, &["room"]).await.unwrap();
+        }
+    }
+    let evals = cluster.redis().calls("eval");
+    cluster.nodes.remove(0).shutdown().await;
+    let redis = cluster.redis();
+    // Each socket's close: counted down, its record gone, its channel left, its event out.
+    assert_eq!((cluster.online().await, redis.fields(&keys.node_sockets(&cluster.servers[0]))), (pairs(&[]), vec![]));
+    assert!(redis.fields(&keys.chan("room")).is_empty());
+    for _ in 0..DRAINED {
+        next_publish(&mut offline).await;
+    }
+    // One `SocketClose` call per batch of closes (plus the 150 channel leaves), not one per
+    // socket.
+    let socket_closes = redis.calls("eval") - evals - DRAINED as u64 / 2;
+    assert!(socket_closes <= DRAINED as u64 / 10, "{socket_closes} SocketClose calls for {DRAINED} sockets");
+    drop(sockets);
+}

@@ -283,6 +283,24 @@ impl MemoryBackend {
         Ok(reply)
     }
 
+    pub(super) async fn eval_counts(
+        &self,
+        script: Script,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<Vec<i64>, BackendError> {
+        let mut publishes = Vec::new();
+        let counts = {
+            let mut state = self.state();
+            let per_pair = args.chunks(2).map(|pair| state.eval(script, &keys, pair, &mut publishes));
+            per_pair.collect::<Result<Vec<i64>, BackendError>>()?
+        };
+        for message in publishes {
+            self.publish(message).await;
+        }
+        Ok(counts)
+    }
+
     pub(super) async fn set_ex(&self, key: &str, value: &str, ttl_secs: u64) -> Result<(), BackendError> {
         let now = Instant::now();
         let mut state = self.state();

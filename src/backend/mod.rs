@@ -54,9 +54,12 @@ pub enum BackendError {
         /// The meta hash key.
         key: String,
     },
-    /// The runtime shut down while a durable append waited for its turn.
-    #[error("shutting down: the durable append was not written")]
+    /// The runtime shut down while a durable append or a socket's close waited for its turn.
+    #[error("shutting down: the write was not made")]
     Shutdown,
+    /// A script answered in a shape it never answers in (a broken or foreign Redis).
+    #[error("unexpected reply to {0}")]
+    UnexpectedReply(&'static str),
 }
 
 /// The server-side Lua scripts: FreeIM's, and ours for presence and memberships.
@@ -82,10 +85,12 @@ pub enum Script {
     /// `HINCRBY`): replaying it after a Redis restart is safe. Returns the new count, or -1
     /// when the socket was already recorded.
     SocketOpen,
-    /// A socket closes. Same KEYS; ARGV: client id, socket field. Only if the socket was
-    /// recorded, forgets it and decrements the count, deleting it at zero (FreeIM's offline
-    /// script). Returns the new count, or -1 when another node already cleaned it up, so a
-    /// socket is never counted down twice.
+    /// Sockets close. KEYS: `{P}Online`, `{P}NodeSockets{node}`; ARGV: client id and socket
+    /// field, for each socket (a node that loses many sockets at once closes them in one
+    /// call). For each, only if the socket was recorded, forgets it and decrements the
+    /// count, deleting it at zero (FreeIM's offline script). Returns the new counts in ARGV's
+    /// order, -1 for a socket that another node already cleaned up, so a socket is never
+    /// counted down twice.
     SocketClose,
 }
 
@@ -104,7 +109,9 @@ impl Script {
                  if redis.call('HSETNX', KEYS[2], ARGV[2], ARGV[3]) == 1 then return redis.call('HINCRBY', KEYS[1], ARGV[1], 1) end return -1"
             }
             Script::SocketClose => {
-                "if redis.call('HDEL', KEYS[2], ARGV[2]) == 1 then local n = redis.call('HINCRBY', KEYS[1], ARGV[1], -1) if n <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end return n end return -1"
+                "local counts = {} for i = 1, #ARGV - 1, 2 do local n = -1 \
+                 if redis.call('HDEL', KEYS[2], ARGV[i + 1]) == 1 then n = redis.call('HINCRBY', KEYS[1], ARGV[i], -1) \
+                 if n <= 0 then redis.call('HDEL', KEYS[1], ARGV[i]) end end counts[#counts + 1] = n end return counts"
             }
         }
     }
@@ -293,6 +300,19 @@ impl Backend {
     /// `EVAL script keys… args…`: the script's integer reply.
     pub async fn eval(&self, script: Script, keys: Vec<String>, args: Vec<String>) -> Result<i64, BackendError> {
         delegate!(self, b => b.eval(script, keys, args).await)
+    }
+    /// `EVAL script keys… args…` of a script that takes its ARGV in pairs and answers one
+    /// count per pair ([`Script::SocketClose`]).
+    pub async fn eval_counts(
+        &self,
+        script: Script,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<Vec<i64>, BackendError> {
+        match self {
+            Backend::Redis(b) => b.eval(script, keys, args).await,
+            Backend::Memory(b) => b.eval_counts(script, keys, args).await,
+        }
     }
     /// `SET key value EX ttl_secs`
     pub async fn set_ex(&self, key: &str, value: &str, ttl_secs: u64) -> Result<(), BackendError> {

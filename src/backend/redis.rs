@@ -137,7 +137,12 @@ impl RedisBackend {
         result
     }
 
-    pub(super) async fn eval(&self, script: Script, keys: Vec<String>, args: Vec<String>) -> Result<i64, BackendError> {
+    pub(super) async fn eval<T: FromRedisValue>(
+        &self,
+        script: Script,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<T, BackendError> {
         self.query(&command(&Op::Eval { script, keys, args }, By::Text)).await
     }
 

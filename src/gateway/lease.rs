@@ -23,7 +23,7 @@
 
 use super::Node;
 use super::connection::Conn;
-use super::presence::{self, Leave, SocketField};
+use super::presence::{self, CLOSE_BATCH, Closing, SocketField};
 use crate::backend::Backend;
 use crate::protocol::TokenValue;
 use bytes::Bytes;
@@ -39,8 +39,8 @@ const RENEW_EVERY: Duration = Duration::from_secs(5);
 const RESTORE_RETRY: Duration = Duration::from_millis(250);
 /// Seconds the cleanup lock of a dead node is held (long enough for 19k sockets).
 const CLEANUP_LOCK_SECS: u64 = 120;
-/// Socket records cleaned at once (their scripts pipelined on the command connection).
-const CLEAN_CONCURRENCY: usize = 64;
+/// Live sockets recorded again at once (their scripts pipelined on the command connection).
+const RESTORE_CONCURRENCY: usize = 64;
 /// Socket records read per `HSCAN` page while cleaning up.
 const CLEAN_PAGE: usize = 1000;
 
@@ -198,24 +198,29 @@ async fn clean_if_dead(node: &Node, other: &str) -> crate::Result<()> {
     Ok(())
 }
 
-/// Runs the close path for every socket recorded for `server` that is not live here, up to
-/// [`CLEAN_CONCURRENCY`] at once (a restart after a crash of a full node has ~19k records,
-/// and it serves only once they are cleaned), reading the records in `HSCAN` pages of
+/// Runs the close path for every socket recorded for `server` that is not live here,
+/// [`CLOSE_BATCH`] at a time (a restart after a crash of a full node has ~19k records, and
+/// it serves only once they are cleaned), reading the records in `HSCAN` pages of
 /// [`CLEAN_PAGE`] (an `HGETALL` of 19k records blocks Redis for about 9 ms); returns how
 /// many this call cleaned.
 async fn clean_node(node: &Node, server: &str) -> crate::Result<usize> {
-    let sockets_key = node.client.keys().node_sockets(server);
-    let key = &sockets_key;
+    let (backend, key) = (node.client.backend(), node.client.keys().node_sockets(server));
     let (mut cursor, mut cleaned) = (0, 0);
     loop {
-        let page = node.client.backend().hscan(key, cursor, CLEAN_PAGE).await?;
-        let results: Vec<crate::Result<bool>> = futures_util::stream::iter(page.entries)
-            .map(|(socket, value)| async move { clean_socket(node, server, key, socket, value).await })
-            .buffer_unordered(CLEAN_CONCURRENCY)
-            .collect()
-            .await;
-        for result in results {
-            cleaned += usize::from(result?);
+        let page = backend.hscan(&key, cursor, CLEAN_PAGE).await?;
+        let (mut closing, mut malformed) = (Vec::new(), Vec::new());
+        for (socket, value) in page.entries {
+            match record(&socket, value) {
+                Some(c) if server == node.config.server && node.registry.holds_socket(c.client_id, c.field.id) => {}
+                Some(c) => closing.push(c),
+                None => malformed.push(socket),
+            }
+        }
+        if !malformed.is_empty() {
+            backend.execute(vec![crate::backend::Op::HDel { key: key.clone(), fields: malformed }]).await?;
+        }
+        for batch in closing.chunks(CLOSE_BATCH) {
+            cleaned += presence::close_sockets(node, &key, batch).await?.into_iter().filter(|c| *c).count();
         }
         if page.cursor == 0 {
             return Ok(cleaned);
@@ -224,40 +229,23 @@ async fn clean_node(node: &Node, server: &str) -> crate::Result<usize> {
     }
 }
 
-/// Cleans one record of `sockets_key` (dropping it when malformed) unless its socket is live
-/// here; whether it was cleaned now.
-async fn clean_socket(
-    node: &Node,
-    server: &str,
-    sockets_key: &str,
-    socket: String,
-    value: String,
-) -> crate::Result<bool> {
-    let drop_record = |socket: String| async move {
-        let op = crate::backend::Op::HDel { key: sockets_key.to_owned(), fields: vec![socket] };
-        Ok(node.client.backend().execute(vec![op]).await.map(|_| false)?)
-    };
-    let Some(field) = SocketField::parse(&socket) else {
+/// The socket a record of `{P}NodeSockets{node}` stands for; `None` (logged) when it is
+/// malformed, to be dropped.
+fn record(socket: &str, value: String) -> Option<Closing> {
+    let Some(field) = SocketField::parse(socket) else {
         tracing::warn!(%socket, "dropping malformed socket record");
-        return drop_record(socket).await;
+        return None;
     };
-    let client_id = match serde_json::from_str::<TokenValue>(&value) {
-        Ok(token) => token.client_id,
+    match serde_json::from_str::<TokenValue>(&value) {
+        Ok(token) => Some(Closing { client_id: token.client_id, field, token: Bytes::from(value) }),
         Err(e) => {
             tracing::warn!(error = %e, %value, "dropping socket record with a malformed token value");
-            return drop_record(socket).await;
+            None
         }
-    };
-    if server == node.config.server && node.registry.holds_socket(client_id, field.id) {
-        return Ok(false);
     }
-    // A durable client keeps its channels for `--history-ttl` (recorded away on this node),
-    // so that its resume, here after a restart or on another node, replays them.
-    let token = Bytes::from(value);
-    presence::close_socket(&node.client, sockets_key, client_id, field, &token, field.leave(node)).await
 }
 
-/// Records every live socket again, [`CLEAN_CONCURRENCY`] at once; each one missing from
+/// Records every live socket again, [`RESTORE_CONCURRENCY`] at once; each one missing from
 /// Redis is announced online. Returns `false` when the backend failed (the caller retries;
 /// replays are harmless).
 pub(crate) async fn restore(node: &Node) -> bool {
@@ -265,7 +253,7 @@ pub(crate) async fn restore(node: &Node) -> bool {
     for chunk in node.registry.all().chunks(CLEAN_PAGE) {
         let results: Vec<crate::Result<bool>> = futures_util::stream::iter(chunk.iter().cloned())
             .map(|conn| async move { restore_socket(node, &conn).await })
-            .buffer_unordered(CLEAN_CONCURRENCY)
+            .buffer_unordered(RESTORE_CONCURRENCY)
             .collect()
             .await;
         for result in results {
@@ -289,16 +277,7 @@ async fn restore_socket(node: &Node, conn: &Conn) -> crate::Result<bool> {
     // may have run before we recorded it again. Undo it then; counting down twice is
     // impossible, so this is safe whichever ran first.
     if !node.registry.holds(conn) {
-        let leave = Leave::of(node, conn);
-        presence::close_socket(
-            &node.client,
-            &node.sockets_key,
-            conn.client_id,
-            SocketField::of(conn),
-            &conn.token_value,
-            leave,
-        )
-        .await?;
+        presence::close_sockets(node, &node.sockets_key, &[Closing::of(conn)]).await?;
     }
     Ok(recorded)
 }

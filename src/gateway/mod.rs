@@ -89,6 +89,8 @@ pub(crate) struct Node {
     pub(crate) epoch: watch::Receiver<u64>,
     /// Cancelled when shutdown starts.
     pub(crate) shutdown: CancellationToken,
+    /// Close paths of this node's sockets, to its closer (see `presence`).
+    pub(crate) closes: mpsc::UnboundedSender<presence::Waiting>,
     /// Told by the lease thread when it found this node's lease gone (see `lease`).
     pub(crate) lease_lapsed: Notify,
     /// Connection tasks, so shutdown can wait for their close paths.
@@ -144,6 +146,7 @@ impl Gateway {
         let sockets_key = client.keys().node_sockets(&config.server);
         let away_key = client.keys().node_away(&config.server);
         let (resumes, resume_requests) = mpsc::channel(RESUME_QUEUE);
+        let (closes, closing) = mpsc::unbounded_channel();
         let node = Arc::new(Node {
             log_gauge: LogGauge::default(),
             resumes,
@@ -156,6 +159,7 @@ impl Gateway {
             sockets_key,
             away_key,
             shutdown: CancellationToken::new(),
+            closes,
             lease_lapsed: Notify::new(),
             connections: TaskTracker::new(),
             next_conn_id: AtomicU64::new(first_conn_id()),
@@ -191,6 +195,7 @@ impl Gateway {
         tasks.spawn(dispatch::run(node.clone(), subscription, log, resume_requests));
         tasks.spawn(heartbeat::run(node.clone()));
         tasks.spawn(lease::run(node.clone()));
+        tasks.spawn(presence::closer(node.clone(), closing));
         tracing::info!(server = %node.config.server, %local_addr, path = %node.config.path, "gateway listening");
         Ok(Gateway { node, local_addr, api_addr, tasks })
     }
