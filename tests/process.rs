@@ -205,3 +205,25 @@ async fn a_node_started_before_redis_serves_once_redis_is_up() {
     im.send_message(0, &[1], "late redis", false).await.unwrap();
     assert_eq!(ws.recv_text().await, "\"late redis\"");
 }
+
+// Sockets still open at the drain timeout (their peers never answer the close) have their
+// presence cleared before the process exits: nothing else would clear it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_past_the_drain_timeout_leaves_no_presence() {
+    let redis = RedisServer::start();
+    let a = free_addr();
+    let args = ["server", "--redis", &redis.url(), "--server", &a, "--servers", &a, "--drain-timeout", "1"];
+    let mut process = FreeimProcess::start(&args, &[], &a, 200).await;
+    let im = ImClient::connect(&redis.url(), ImClientOptions::new([a.clone()])).unwrap();
+    let mut mute = Vec::new();
+    for id in [1, 2, 2] {
+        mute.push(Ws::connect(&im.prev_connect_server(id, None).await.unwrap()).await.unwrap());
+    }
+    eventually(None, || async { redis.hash("im_v2_wsOnline") == pairs(&[("1", "1"), ("2", "2")]) }).await;
+    process.terminate();
+    process.wait_exit(WAIT * 2).await;
+    assert!(process.stderr_text().contains("3 sockets were still open at the drain timeout"));
+    assert_eq!(redis.hash("im_v2_wsOnline"), pairs(&[]));
+    assert_eq!(redis.hash(&format!("im_v2_wsNodeSockets{a}")), pairs(&[]));
+    drop(mute);
+}

@@ -49,8 +49,9 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// How long start-up may spend cleaning a previous run's presence before serving anyway.
-const STARTUP_CLEANUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long start-up may spend cleaning a previous run's presence before serving anyway, and
+/// a shutdown past its drain timeout clearing the presence of the sockets still open.
+const CLEANUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Why a gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -179,7 +180,7 @@ impl Gateway {
             lease::take(&node).await;
             lease::clean_own(&node).await
         };
-        let _ = tokio::time::timeout(STARTUP_CLEANUP_TIMEOUT, startup).await;
+        let _ = tokio::time::timeout(CLEANUP_TIMEOUT, startup).await;
         lease::keep(node.clone()).map_err(GatewayError::LeaseThread)?;
         let tasks = TaskTracker::new();
         tasks.spawn(listener::run(node.clone(), listener, listener::handle));
@@ -241,7 +242,14 @@ impl Gateway {
         let left = node.registry.len();
         match drained {
             Ok(()) => tracing::info!("shutdown complete"),
-            Err(_) => tracing::warn!(sockets = left, "drain timeout: exiting with sockets still open"),
+            Err(_) => {
+                tracing::warn!(sockets = left, "drain timeout: clearing the presence of the sockets still open");
+                match tokio::time::timeout(CLEANUP_TIMEOUT, presence::offline_all(node)).await {
+                    Ok(Ok(cleared)) => tracing::warn!(sockets = left, cleared, "exiting with sockets still open"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "could not clear the presence of the sockets still open"),
+                    Err(_) => tracing::warn!("could not clear the presence of the sockets still open in time"),
+                }
+            }
         }
         left
     }
