@@ -49,9 +49,8 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// How long start-up may spend cleaning a previous run's presence before serving anyway, and
-/// a shutdown past its drain timeout clearing the presence of the sockets still open.
-const CLEANUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long start-up may spend cleaning a previous run's presence before serving anyway.
+const STARTUP_CLEANUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Why a gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -180,7 +179,7 @@ impl Gateway {
             lease::take(&node).await;
             lease::clean_own(&node).await
         };
-        let _ = tokio::time::timeout(CLEANUP_TIMEOUT, startup).await;
+        let _ = tokio::time::timeout(STARTUP_CLEANUP_TIMEOUT, startup).await;
         lease::keep(node.clone()).map_err(GatewayError::LeaseThread)?;
         let tasks = TaskTracker::new();
         tasks.spawn(listener::run(node.clone(), listener, listener::handle));
@@ -221,20 +220,33 @@ impl Gateway {
         *self.node.live.borrow()
     }
 
-    /// Graceful stop: stop accepting, close every socket with 1001, run each close path
-    /// (presence, channels, offline events), and return when all are done or the drain
-    /// timeout has passed. Returns the number of sockets still open then (0 normally).
+    /// Graceful stop: stop accepting, undo the presence of every socket (counts, channels,
+    /// offline events: [`presence::offline_all`]), close every socket with 1001, and return
+    /// when their tasks are done or the drain timeout has passed. Returns the number of
+    /// sockets still open then (0 normally).
+    ///
+    /// Presence goes first, in batches, while the node is not yet busy closing: from here the
+    /// node delivers nothing, so its clients are offline already, and at a million sockets on
+    /// this box, 52 nodes draining at once closed about 400 sockets a second each, so most
+    /// presence was still recorded at the drain timeout. A socket's own close path then finds
+    /// its record gone and counts nothing twice.
     pub async fn shutdown(self) -> usize {
         let node = &self.node;
         node.shutdown.cancel();
+        let deadline = tokio::time::Instant::now() + node.config.drain_timeout;
         let open = node.registry.all();
-        tracing::info!(sockets = open.len(), "shutting down: closing sockets");
+        tracing::info!(sockets = open.len(), "shutting down: clearing presence, then closing sockets");
+        match tokio::time::timeout_at(deadline, presence::offline_all(node)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not clear presence before closing; each close retries"),
+            Err(_) => tracing::warn!("could not clear presence within the drain timeout"),
+        }
         for conn in open {
             conn.close(CloseReason::Shutdown);
         }
         node.connections.close();
         self.tasks.close();
-        let drained = tokio::time::timeout(node.config.drain_timeout, async {
+        let drained = tokio::time::timeout_at(deadline, async {
             node.connections.wait().await;
             self.tasks.wait().await;
         })
@@ -242,14 +254,7 @@ impl Gateway {
         let left = node.registry.len();
         match drained {
             Ok(()) => tracing::info!("shutdown complete"),
-            Err(_) => {
-                tracing::warn!(sockets = left, "drain timeout: clearing the presence of the sockets still open");
-                match tokio::time::timeout(CLEANUP_TIMEOUT, presence::offline_all(node)).await {
-                    Ok(Ok(cleared)) => tracing::warn!(sockets = left, cleared, "exiting with sockets still open"),
-                    Ok(Err(e)) => tracing::warn!(error = %e, "could not clear the presence of the sockets still open"),
-                    Err(_) => tracing::warn!("could not clear the presence of the sockets still open in time"),
-                }
-            }
+            Err(_) => tracing::warn!(sockets = left, "drain timeout: exiting with sockets still open"),
         }
         left
     }

@@ -155,8 +155,7 @@ impl Closing {
 pub(crate) type Waiting = (Closing, oneshot::Sender<Result<(), BackendError>>);
 
 /// Most sockets closed in one round of the closer (one script call, two pipelines): about
-/// 2 ms of Redis. Large, because a node on a starved box waits long for each round trip: at
-/// a million sockets, 256 per round drained about 400 sockets a second per node.
+/// 2 ms of Redis. Large, because a node on a starved box waits long for each round trip.
 pub(crate) const CLOSE_BATCH: usize = 1024;
 
 /// The node's closer: the close paths of its sockets, [`CLOSE_BATCH`] at a time, until the
@@ -181,10 +180,10 @@ pub(crate) async fn closer(node: Arc<Node>, mut closes: mpsc::UnboundedReceiver<
     }
 }
 
-/// Undoes the presence of every socket still registered, [`CLOSE_BATCH`] at a time: at the
-/// drain timeout the node exits with them open, and their records must not outlive it (no
-/// lease cleanup follows a clean exit until this node runs again). Returns how many were
-/// still recorded.
+/// Undoes the presence of every registered socket, [`CLOSE_BATCH`] at a time (at shutdown:
+/// a node that exits with sockets still open past its drain timeout must not leave their
+/// records behind: when every node stops, no survivor is left to clean up). Returns how
+/// many were still recorded.
 pub(crate) async fn offline_all(node: &Node) -> Result<usize, BackendError> {
     let closing: Vec<Closing> = node.registry.all().iter().map(|conn| Closing::of(conn)).collect();
     let mut cleared = 0;
