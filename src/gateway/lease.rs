@@ -23,7 +23,7 @@
 
 use super::Node;
 use super::connection::Conn;
-use super::presence::{self, CLOSE_BATCH, Closing, SocketField};
+use super::presence::{self, Closing, SocketField};
 use crate::backend::Backend;
 use crate::protocol::TokenValue;
 use bytes::Bytes;
@@ -199,7 +199,7 @@ async fn clean_if_dead(node: &Node, other: &str) -> crate::Result<()> {
 }
 
 /// Runs the close path for every socket recorded for `server` that is not live here,
-/// [`CLOSE_BATCH`] at a time (a restart after a crash of a full node has ~19k records, and
+/// [`presence::CLOSE_BATCH`] at a time (a restart after a crash of a full node has ~19k records, and
 /// it serves only once they are cleaned), reading the records in `HSCAN` pages of
 /// [`CLEAN_PAGE`] (an `HGETALL` of 19k records blocks Redis for about 9 ms); returns how
 /// many this call cleaned.
@@ -219,9 +219,7 @@ async fn clean_node(node: &Node, server: &str) -> crate::Result<usize> {
         if !malformed.is_empty() {
             backend.execute(vec![crate::backend::Op::HDel { key: key.clone(), fields: malformed }]).await?;
         }
-        for batch in closing.chunks(CLOSE_BATCH) {
-            cleaned += presence::close_sockets(node, &key, batch).await?.into_iter().filter(|c| *c).count();
-        }
+        cleaned += presence::close_in_batches(node, &key, &closing).await?;
         if page.cursor == 0 {
             return Ok(cleaned);
         }

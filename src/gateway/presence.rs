@@ -154,8 +154,8 @@ impl Closing {
 /// A close of one of this node's sockets, waiting for the closer, and where its outcome goes.
 pub(crate) type Waiting = (Closing, oneshot::Sender<Result<(), BackendError>>);
 
-/// Most sockets closed in one round of the closer (one script call, two pipelines): about
-/// 2 ms of Redis. Large, because a node on a starved box waits long for each round trip.
+/// Most sockets closed by one script call (and its two pipelines). Large, because a node on
+/// a starved box waits long for each round trip.
 pub(crate) const CLOSE_BATCH: usize = 1024;
 
 /// The node's closer: the close paths of its sockets, [`CLOSE_BATCH`] at a time, until the
@@ -186,11 +186,20 @@ pub(crate) async fn closer(node: Arc<Node>, mut closes: mpsc::UnboundedReceiver<
 /// many were still recorded.
 pub(crate) async fn offline_all(node: &Node) -> Result<usize, BackendError> {
     let closing: Vec<Closing> = node.registry.all().iter().map(|conn| Closing::of(conn)).collect();
-    let mut cleared = 0;
+    close_in_batches(node, &node.sockets_key, &closing).await
+}
+
+/// [`close_sockets`] on `closing`, [`CLOSE_BATCH`] at a time; how many were still recorded.
+pub(crate) async fn close_in_batches(
+    node: &Node,
+    sockets_key: &str,
+    closing: &[Closing],
+) -> Result<usize, BackendError> {
+    let mut closed = 0;
     for batch in closing.chunks(CLOSE_BATCH) {
-        cleared += close_sockets(node, &node.sockets_key, batch).await?.into_iter().filter(|c| *c).count();
+        closed += close_sockets(node, sockets_key, batch).await?.into_iter().filter(|c| *c).count();
     }
-    Ok(cleared)
+    Ok(closed)
 }
 
 /// Forgets the sockets of `closing` recorded in `sockets_key`. For each one still recorded,
